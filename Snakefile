@@ -1,0 +1,26 @@
+# shardsort: one spike sort cut into many small independent jobs.
+#   snakemake --cores N                       sort every recording in the table
+#   snakemake --cores N --config recordings=my.tsv
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/preprocess.smk"
+include: "rules/detect.smk"
+include: "rules/sort.smk"
+include: "rules/outputs.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,187 @@
+# Workflow Python: recordings, shard plans and input functions. Rules stay declarative.
+import shardsort
+from shardsort.workflow import (
+    DEMO_DIR,
+    DEMO_GEOMETRY,
+    DEMO_GROUND_TRUTH,
+    DEMO_PATH,
+    load_context,
+)
+
+CTX = load_context(config)
+RECORDINGS = CTX.recordings
+PLANS = CTX.plans
+RESULTS = "results"
+LOGS = RESULTS + "/{recording}/logs"
+BENCH = RESULTS + "/{recording}/benchmarks"
+# Rerun a stage when the package's version (and so its kernels) changes.
+CODE_VERSION = shardsort.__version__
+
+
+wildcard_constraints:
+    recording="[A-Za-z0-9_.-]+",
+    chunk=r"\d{5}",
+    shard=r"\d{3}",
+    group=r"\d{4}",
+
+
+def chunk_ids(recording):
+    return [f"{c.index:05d}" for c in PLANS[recording].chunks]
+
+
+def shard_ids(recording):
+    return [f"{i:03d}" for i in range(len(PLANS[recording].channel_shards))]
+
+
+def group_ids(recording):
+    return [f"{i:04d}" for i in range(len(PLANS[recording].channel_groups))]
+
+
+def get_final_outputs():
+    outputs = []
+    for name, spec in RECORDINGS.items():
+        base = f"{RESULTS}/{name}"
+        outputs += [
+            f"{base}/sorting.h5",
+            f"{base}/phy/params.py",
+            f"{base}/metrics.tsv",
+            f"{base}/sorting.nwb",
+        ]
+        if spec.ground_truth:
+            outputs.append(f"{base}/ground_truth.tsv")
+    return outputs
+
+
+def get_raw(wildcards):
+    return RECORDINGS[wildcards.recording].path
+
+
+def get_recording(wildcards):
+    return CTX.spec_dict(wildcards.recording)
+
+
+def get_plan(wildcards):
+    return PLANS[wildcards.recording].to_dict()
+
+
+def get_chunk(wildcards):
+    plan = PLANS[wildcards.recording]
+    chunk = plan.chunks[int(wildcards.chunk)]
+    return {"index": chunk.index, "start": chunk.start, "stop": chunk.stop}
+
+
+def get_shard(wildcards):
+    lo, hi = PLANS[wildcards.recording].channel_shards[int(wildcards.shard)]
+    return {"index": int(wildcards.shard), "channel_start": lo, "channel_stop": hi}
+
+
+def get_group(wildcards):
+    lo, hi = PLANS[wildcards.recording].channel_groups[int(wildcards.group)]
+    return {"index": int(wildcards.group), "channel_start": lo, "channel_stop": hi}
+
+
+def get_margin(stage):
+    def margin(wildcards):
+        return PLANS[wildcards.recording].margins[stage]
+
+    return margin
+
+
+def get_filtered_chunk(wildcards):
+    return expand(
+        RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
+        recording=wildcards.recording,
+        shard=shard_ids(wildcards.recording),
+        chunk=wildcards.chunk,
+    )
+
+
+def noise_chunk_ids(recording):
+    n = config["preprocess"]["noise_sample_chunks"]
+    return [f"{i:05d}" for i in CTX.sample_chunks(recording, n)]
+
+
+def get_noise_sample(wildcards):
+    return expand(
+        RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
+        recording=wildcards.recording,
+        shard=shard_ids(wildcards.recording),
+        chunk=noise_chunk_ids(wildcards.recording),
+    )
+
+
+def preprocessed_paths(recording, indices):
+    return [f"{RESULTS}/{recording}/preprocess/chunks/t{i:05d}.bin" for i in indices]
+
+
+def get_preprocessed_window(stage):
+    """Preprocessed chunk files a job on one chunk reads, margin included."""
+
+    def paths(wildcards):
+        plan = PLANS[wildcards.recording]
+        needed = plan.neighbour_chunks(int(wildcards.chunk), plan.margins[stage])
+        return preprocessed_paths(wildcards.recording, needed)
+
+    return paths
+
+
+def get_pca_sample(wildcards):
+    plan = PLANS[wildcards.recording]
+    margin = plan.margins["detect"]
+    chosen = CTX.sample_chunks(wildcards.recording, config["detect"]["pca_sample_chunks"])
+    needed = sorted({j for i in chosen for j in plan.neighbour_chunks(i, margin)})
+    return preprocessed_paths(wildcards.recording, needed)
+
+
+def get_pca_chunks(wildcards):
+    return CTX.sample_chunks(wildcards.recording, config["detect"]["pca_sample_chunks"])
+
+
+def get_detected(wildcards):
+    return expand(
+        RESULTS + "/{recording}/detect/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_clustered(wildcards):
+    return expand(
+        RESULTS + "/{recording}/cluster/g{group}.npz",
+        recording=wildcards.recording,
+        group=group_ids(wildcards.recording),
+    )
+
+
+def get_template_parts(wildcards):
+    return expand(
+        RESULTS + "/{recording}/templates/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_deconvolved(wildcards):
+    return expand(
+        RESULTS + "/{recording}/deconvolve/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_ground_truth(wildcards):
+    return RECORDINGS[wildcards.recording].ground_truth
+
+
+def get_job_mem_mb(wildcards):
+    """Memory request of a per-chunk job, from the shard plan's memory model."""
+    from shardsort.plan import modelled_peak_mb
+
+    plan = PLANS[wildcards.recording]
+    return int(
+        modelled_peak_mb(
+            chunk_samples=plan.chunk_samples,
+            margin_samples=max(plan.margins.values()),
+            n_channels=plan.n_channels,
+        )
+    )

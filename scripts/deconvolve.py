@@ -1,0 +1,52 @@
+"""deconvolve[t]: template matching on one time chunk, plus per-spike features."""
+
+import numpy as np
+
+from shardsort.deconvolve import deconvolve_chunk, prepare_templates
+from shardsort.detect import TemporalBasis, extract_snippets, localize_spikes, project_temporal
+from shardsort.io.arrays import ChunkedRecording
+from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.workflow import ms_to_samples
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+chunk = snakemake.params.chunk
+cfg = snakemake.params.deconvolve
+margin = int(snakemake.params.margin_samples)
+rate = spec["sampling_rate_hz"]
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+tpl = read_h5(snakemake.input.templates)
+b = read_h5(snakemake.input.basis)
+pre, post = int(tpl["attrs"]["pre_samples"]), int(tpl["attrs"]["post_samples"])
+
+rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
+window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
+basis = prepare_templates(tpl["templates"], pre_samples=pre)
+spikes = deconvolve_chunk(
+    window,
+    basis,
+    core_start=margin,
+    core_stop=margin + chunk["stop"] - chunk["start"],
+    threshold=cfg["threshold"],
+    amplitude_min=cfg["amplitude_min"],
+    amplitude_max=cfg["amplitude_max"],
+    refractory_samples=ms_to_samples(cfg["refractory_ms"], rate),
+)
+# Per-spike PC features on each unit's channels (phy's pc_features) and position.
+pc_channels = b["neighbours"][tpl["peak_channels"]] if len(tpl["peak_channels"]) else (
+    np.zeros((0, b["neighbours"].shape[1]), dtype=np.int32)
+)
+channels = pc_channels[spikes["unit_index"]]
+snippets = extract_snippets(
+    window, spikes["sample_index"] + margin, channels, pre_samples=pre, post_samples=post
+)
+pcs = project_temporal(snippets, TemporalBasis(components=b["components"], mean=b["mean"]))
+x_um, y_um = localize_spikes(snippets, channels, positions)
+spikes["sample_index"] += chunk["start"]
+write_npz(
+    snakemake.output.spikes,
+    spikes=spikes,
+    pc_features=np.ascontiguousarray(pcs.transpose(0, 2, 1), dtype=np.float32),
+    positions_um=np.stack([x_um, y_um], axis=1).astype(np.float32),
+)
+log.info("chunk %d [%d, %d): %d spikes", chunk["index"], chunk["start"], chunk["stop"], len(spikes))

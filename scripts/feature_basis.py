@@ -1,0 +1,72 @@
+"""feature_basis: temporal PCA fitted once on spikes of a deterministic chunk sample."""
+
+import numpy as np
+
+from shardsort.detect import (
+    detect_peaks,
+    extract_snippets,
+    fit_temporal_pca,
+    nearest_neighbours,
+    neighbour_mask,
+)
+from shardsort.io.arrays import ChunkedRecording
+from shardsort.jobs import job_logger, read_h5, write_h5
+from shardsort.workflow import ms_to_samples
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+plan = snakemake.params.plan
+det = snakemake.params.detect
+rate = spec["sampling_rate_hz"]
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
+pre, post = ms_to_samples(det["ms_before"], rate), ms_to_samples(det["ms_after"], rate)
+exclude = ms_to_samples(det["exclude_ms"], rate)
+margin = plan["margins"]["detect"]
+mask = neighbour_mask(positions, radius_um=det["radius_um"])
+neighbours = nearest_neighbours(positions, n_neighbours=min(det["n_neighbours"], len(positions)))
+
+rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
+chunk_len = plan["chunk_samples"]
+waveforms = []
+for index in snakemake.params.sample_chunks:
+    start = index * chunk_len
+    stop = min(plan["n_samples"], start + chunk_len)
+    window = rec.get_traces(start - margin, stop + margin, pad="zero")
+    samples, channels, _ = detect_peaks(
+        window,
+        core_start=margin,
+        core_stop=margin + stop - start,
+        threshold=det["threshold"],
+        neighbour_mask=mask,
+        exclude_samples=exclude,
+        good_mask=good,
+    )
+    snippets = extract_snippets(
+        window, samples + margin, channels[:, None], pre_samples=pre, post_samples=post
+    )
+    waveforms.append(snippets[:, :, 0])
+waveforms = np.concatenate(waveforms, axis=0) if waveforms else np.zeros((0, pre + post))
+n_max = det["pca_max_spikes"]
+if len(waveforms) > n_max:
+    keep = np.linspace(0, len(waveforms) - 1, n_max).round().astype(int)
+    waveforms = waveforms[keep]
+log.info("fitting temporal PCA on %d waveforms", len(waveforms))
+if len(waveforms) < det["n_pcs"] + 1:
+    raise ValueError(
+        f"only {len(waveforms)} spikes crossed detect.threshold={det['threshold']} in the "
+        f"sampled chunks of recording {spec['name']!r}; expected at least {det['n_pcs'] + 1} "
+        "to fit the temporal PCA (is the threshold too high or the recording silent?)"
+    )
+basis = fit_temporal_pca(waveforms, n_components=det["n_pcs"], seed=snakemake.params.seed)
+write_h5(
+    snakemake.output.basis,
+    {
+        "components": basis.components,
+        "mean": basis.mean,
+        "neighbours": neighbours.astype(np.int32),
+        "neighbour_mask": mask,
+    },
+    {"pre_samples": pre, "post_samples": post, "exclude_samples": exclude,
+     "n_waveforms": len(waveforms)},
+)

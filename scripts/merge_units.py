@@ -1,0 +1,89 @@
+"""merge_units: the final spike train, templates and provenance in sorting.h5."""
+
+import json
+from importlib import metadata
+
+import numpy as np
+import yaml
+
+from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
+from shardsort.tables import merge_event_tables
+from shardsort.templates import template_peak_channels, template_positions
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+tpl = read_h5(snakemake.input.templates)
+noise = read_h5(snakemake.input.noise)
+whitening = read_h5(snakemake.input.whitening)["whitening"]
+b = read_h5(snakemake.input.basis)
+
+parts = [read_npz(p) for p in snakemake.input.spikes]
+spikes, kept = merge_event_tables([p["spikes"] for p in parts], keys=("sample_index", "unit_index"))
+pc_features = np.concatenate([p["pc_features"] for p in parts], axis=0)[kept]
+spike_positions = np.concatenate([p["positions_um"] for p in parts], axis=0)[kept]
+
+# Units with too few spikes are removed; the survivors are renumbered 0..K-1
+# in the order of their templates.
+templates = tpl["templates"]
+n_units_in = len(templates)
+counts = np.bincount(spikes["unit_index"], minlength=n_units_in)
+alive = counts >= snakemake.params.deconvolve["min_spikes"]
+renumber = np.full(n_units_in, -1, dtype=np.int32)
+renumber[alive] = np.arange(int(alive.sum()), dtype=np.int32)
+keep_spike = alive[spikes["unit_index"]] if len(spikes) else np.zeros(0, bool)
+spikes = spikes[keep_spike]
+spikes["unit_index"] = renumber[spikes["unit_index"]]
+pc_features, spike_positions = pc_features[keep_spike], spike_positions[keep_spike]
+templates = templates[alive]
+peak_channels = template_peak_channels(templates)
+pc_feature_ind = b["neighbours"][peak_channels] if len(templates) else (
+    np.zeros((0, b["neighbours"].shape[1]), dtype=np.int32)
+)
+unit_xy = template_positions(templates, positions)
+ptp = templates.max(axis=1) - templates.min(axis=1) if len(templates) else np.zeros((0, len(positions)))
+units = np.zeros(
+    len(templates),
+    dtype=[("unit_index", "<i4"), ("peak_channel", "<i4"), ("x_um", "<f4"), ("y_um", "<f4"),
+           ("n_spikes", "<i8"), ("peak_to_peak", "<f4")],
+)
+units["unit_index"] = np.arange(len(templates))
+units["peak_channel"] = peak_channels
+if len(templates):
+    units["x_um"], units["y_um"] = unit_xy[:, 0], unit_xy[:, 1]
+    units["peak_to_peak"] = ptp[np.arange(len(templates)), peak_channels]
+units["n_spikes"] = np.bincount(spikes["unit_index"], minlength=len(templates))
+
+versions = {}
+for pkg in ("shardsort", "numpy", "scipy", "scikit-learn", "h5py", "snakemake"):
+    try:
+        versions[pkg] = metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        versions[pkg] = "unknown"
+write_h5(
+    snakemake.output.sorting,
+    {
+        "spikes": spikes,
+        "spike_positions_um": spike_positions,
+        "pc_features": pc_features,
+        "pc_feature_ind": pc_feature_ind.astype(np.int32),
+        "templates": templates.astype(np.float32),
+        "units": units,
+        "channel_positions_um": positions.astype(np.float32),
+        "whitening": whitening.astype(np.float32),
+        "scales_uv": noise["scales_uv"].astype(np.float32),
+        "channel_labels": noise["channel_labels"],
+    },
+    {
+        "recording": yaml.safe_dump(spec),
+        "sampling_rate_hz": float(spec["sampling_rate_hz"]),
+        "n_samples": int(spec["n_samples"]),
+        "pre_samples": int(tpl["attrs"]["pre_samples"]),
+        "post_samples": int(tpl["attrs"]["post_samples"]),
+        "config": yaml.safe_dump(snakemake.params.config),
+        "versions": yaml.safe_dump(versions),
+        "plan": json.dumps(snakemake.params.plan),
+    },
+)
+log.info("%d units (%d removed with < %d spikes), %d spikes",
+         len(templates), int((~alive).sum()), snakemake.params.deconvolve["min_spikes"], len(spikes))

@@ -1,0 +1,38 @@
+"""preprocess[t]: reference, scale and whiten one time chunk (all channels)."""
+
+import numpy as np
+
+from shardsort.io.arrays import read_array, read_sidecar, write_array
+from shardsort.jobs import job_logger, read_h5
+from shardsort.preprocess import apply_preprocessing
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+chunk = snakemake.params.chunk
+pre = snakemake.params.preprocess
+noise = read_h5(snakemake.input.noise)
+whitening = read_h5(snakemake.input.whitening)["whitening"]
+good = noise["good_mask"].astype(bool)
+
+parts = sorted(
+    snakemake.input.filtered, key=lambda p: read_sidecar(p)["channel_start"]
+)
+filtered = np.concatenate([np.asarray(read_array(p)) for p in parts], axis=1)
+out, int16_scale = apply_preprocessing(
+    filtered,
+    scales=noise["scales_uv"],
+    whitening=whitening if pre["whiten"] else None,
+    reference_mode=pre["reference"],
+    positions_um=np.asarray(spec["positions_um"], dtype=np.float64),
+    good_mask=good,
+    radius_um=pre["reference_radius_um"],
+    inner_radius_um=pre["reference_inner_radius_um"],
+    output_dtype=pre["output_dtype"],
+)
+attrs = {"start_sample": chunk["start"]}
+if int16_scale is not None:
+    attrs["scale"] = float(int16_scale)
+write_array(
+    snakemake.output.data, out, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
+)
+log.info("chunk %d [%d, %d): %s", chunk["index"], chunk["start"], chunk["stop"], out.dtype)

@@ -1,0 +1,161 @@
+"""What the Snakefile needs at DAG-build time: recordings, plans, margins.
+
+Everything here runs before any job: it validates the configuration beyond
+what the JSON schema can express, reads the recordings table (metadata only)
+and computes one shard plan per recording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import plan as planmod
+from .recordings import RecordingSpec, load_recordings_table
+
+#: Where the bundled demo recording is generated (see rules/demo.smk).
+DEMO_DIR = "data/demo"
+DEMO_PATH = f"{DEMO_DIR}/demo.bin"
+DEMO_GEOMETRY = f"{DEMO_DIR}/geometry.npy"
+DEMO_GROUND_TRUTH = f"{DEMO_DIR}/ground_truth.npz"
+
+
+class ConfigError(ValueError):
+    """A configuration value that the schema accepts but the science does not."""
+
+
+def ms_to_samples(ms: float, sampling_rate_hz: float) -> int:
+    """The one place milliseconds become samples."""
+    return int(round(ms * sampling_rate_hz / 1000.0))
+
+
+def check_config(config: dict) -> None:
+    """Cross-field checks the JSON schema cannot express."""
+    pre = config["preprocess"]
+    if pre["freq_min_hz"] >= pre["freq_max_hz"]:
+        raise ConfigError(
+            f"preprocess.freq_min_hz ({pre['freq_min_hz']}) must be below "
+            f"preprocess.freq_max_hz ({pre['freq_max_hz']})"
+        )
+    if pre["reference_inner_radius_um"] >= pre["reference_radius_um"]:
+        raise ConfigError(
+            f"preprocess.reference_inner_radius_um ({pre['reference_inner_radius_um']}) "
+            f"must be below preprocess.reference_radius_um ({pre['reference_radius_um']})"
+        )
+    dec = config["deconvolve"]
+    if dec["amplitude_min"] >= dec["amplitude_max"]:
+        raise ConfigError(
+            f"deconvolve.amplitude_min ({dec['amplitude_min']}) must be below "
+            f"deconvolve.amplitude_max ({dec['amplitude_max']})"
+        )
+
+
+def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
+    """Checks that need both a recording's metadata and the configuration."""
+    nyquist = spec.sampling_rate_hz / 2.0
+    fmax = config["preprocess"]["freq_max_hz"]
+    if fmax >= nyquist:
+        raise ConfigError(
+            f"preprocess.freq_max_hz ({fmax}) must be below the Nyquist frequency "
+            f"({nyquist} Hz) of recording {spec.name!r} "
+            f"(sampling_rate_hz={spec.sampling_rate_hz})"
+        )
+
+
+def waveform_samples(config: dict, sampling_rate_hz: float) -> tuple[int, int]:
+    """(pre_samples, post_samples) of the waveform window."""
+    det = config["detect"]
+    return (
+        ms_to_samples(det["ms_before"], sampling_rate_hz),
+        ms_to_samples(det["ms_after"], sampling_rate_hz),
+    )
+
+
+def stage_margins(config: dict, sampling_rate_hz: float) -> dict[str, int]:
+    """Margin (samples) each per-chunk stage reads on each side of its chunk."""
+    from .detect import detect_margin_samples
+    from .preprocess import design_bandpass, filter_margin_samples
+
+    pre = config["preprocess"]
+    sos = design_bandpass(
+        sampling_rate_hz=sampling_rate_hz,
+        freq_min_hz=pre["freq_min_hz"],
+        freq_max_hz=pre["freq_max_hz"],
+        order=pre["filter_order"],
+    )
+    before, after = waveform_samples(config, sampling_rate_hz)
+    exclude = ms_to_samples(config["detect"]["exclude_ms"], sampling_rate_hz)
+    width = before + after
+    return {
+        "filter": int(filter_margin_samples(sos)),
+        "detect": int(
+            detect_margin_samples(
+                exclude_samples=exclude, pre_samples=before, post_samples=after
+            )
+        ),
+        "templates": int(width + 1),
+        # A spike in the margin is subtracted so it cannot leave a ghost in the
+        # core; spikes overlapping it reach one more template length out.
+        "deconvolve": int(3 * width),
+    }
+
+
+@dataclass
+class Context:
+    """Recordings (by name) and their shard plans."""
+
+    recordings: dict[str, RecordingSpec]
+    plans: dict[str, planmod.ShardPlan]
+
+    def sample_chunks(self, recording: str, n_wanted: int) -> list[int]:
+        return planmod.sample_chunks(self.plans[recording].n_chunks, n_wanted)
+
+    def spec_dict(self, recording: str) -> dict:
+        """The recording's metadata as plain types (for rule params)."""
+        spec = self.recordings[recording]
+        out = {}
+        for f in dataclasses.fields(spec):
+            value = getattr(spec, f.name)
+            if hasattr(value, "tolist"):
+                value = value.tolist()
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[f.name] = value
+        return out
+
+
+def demo_n_samples(config: dict) -> int:
+    demo = config["demo"]
+    return int(round(demo["duration_s"] * demo["sampling_rate_hz"]))
+
+
+def load_context(config: dict) -> Context:
+    """Validate the configuration, read the recordings table, plan every recording."""
+    check_config(config)
+    demo = config["demo"]
+    generated = {
+        str(Path(DEMO_PATH)): {
+            "n_samples": demo_n_samples(config),
+            "n_channels": demo["n_channels"],
+            "sampling_rate_hz": demo["sampling_rate_hz"],
+            "geometry": DEMO_GEOMETRY,
+        }
+    }
+    specs = load_recordings_table(config["recordings"], generated=generated)
+    shards = config["shards"]
+    recordings: dict[str, RecordingSpec] = {}
+    plans: dict[str, planmod.ShardPlan] = {}
+    for spec in specs:
+        check_recording_against_config(spec, config)
+        recordings[spec.name] = spec
+        plans[spec.name] = planmod.make_plan(
+            n_samples=spec.n_samples,
+            n_channels=spec.n_channels,
+            sampling_rate_hz=spec.sampling_rate_hz,
+            max_memory_mb=shards["max_memory_mb"],
+            channels_per_shard=shards["channels_per_shard"],
+            channels_per_group=shards["channels_per_group"],
+            margins=stage_margins(config, spec.sampling_rate_hz),
+        )
+    return Context(recordings=recordings, plans=plans)
