@@ -96,6 +96,10 @@ def get_filtered_chunk(wildcards):
     )
 
 
+def get_filtered_chunk_sidecars(wildcards):
+    return [p + ".yaml" for p in get_filtered_chunk(wildcards)]
+
+
 def noise_chunk_ids(recording):
     n = config["preprocess"]["noise_sample_chunks"]
     return [f"{i:05d}" for i in CTX.sample_chunks(recording, n)]
@@ -108,6 +112,10 @@ def get_noise_sample(wildcards):
         shard=shard_ids(wildcards.recording),
         chunk=noise_chunk_ids(wildcards.recording),
     )
+
+
+def get_noise_sample_sidecars(wildcards):
+    return [p + ".yaml" for p in get_noise_sample(wildcards)]
 
 
 def preprocessed_paths(recording, indices):
@@ -131,6 +139,12 @@ def get_pca_sample(wildcards):
     chosen = CTX.sample_chunks(wildcards.recording, config["detect"]["pca_sample_chunks"])
     needed = sorted({j for i in chosen for j in plan.neighbour_chunks(i, margin)})
     return preprocessed_paths(wildcards.recording, needed)
+
+
+def get_noise_chunks(wildcards):
+    """Two preprocessed chunks (evenly spread) to sample background noise from."""
+    chosen = CTX.sample_chunks(wildcards.recording, 2)
+    return preprocessed_paths(wildcards.recording, chosen)
 
 
 def get_pca_chunks(wildcards):

@@ -30,6 +30,7 @@ rule filter:
 rule noise_stats:
     input:
         filtered=get_noise_sample,
+        sidecars=get_noise_sample_sidecars,
     output:
         noise=RESULTS + "/{recording}/preprocess/noise.h5",
         report=RESULTS + "/{recording}/bad_channels.tsv",
@@ -50,6 +51,7 @@ rule noise_stats:
 rule whitening:
     input:
         filtered=get_noise_sample,
+        sidecars=get_noise_sample_sidecars,
         noise=RESULTS + "/{recording}/preprocess/noise.h5",
     output:
         whitening=RESULTS + "/{recording}/preprocess/whitening.h5",
@@ -72,6 +74,7 @@ rule whitening:
 rule preprocess:
     input:
         filtered=get_filtered_chunk,
+        sidecars=get_filtered_chunk_sidecars,
         noise=RESULTS + "/{recording}/preprocess/noise.h5",
         whitening=RESULTS + "/{recording}/preprocess/whitening.h5",
     output:

@@ -70,12 +70,16 @@ rule templates:
     input:
         sums=get_template_parts,
         clusters=RESULTS + "/{recording}/clusters.h5",
+        noise_chunks=get_noise_chunks,
     output:
         templates=RESULTS + "/{recording}/templates.h5",
+        basis=RESULTS + "/{recording}/deconv_basis.npz",
     params:
         recording=get_recording,
         detect=config["detect"],
         templates=config["templates"],
+        threshold=config["detect"]["threshold"],
+        seed=config["seed"],
         code=CODE_VERSION,
     log:
         LOGS + "/templates.log",
@@ -91,6 +95,7 @@ rule deconvolve:
     input:
         chunks=get_preprocessed_window("deconvolve"),
         templates=RESULTS + "/{recording}/templates.h5",
+        deconv_basis=RESULTS + "/{recording}/deconv_basis.npz",
         basis=RESULTS + "/{recording}/detect/basis.h5",
     output:
         spikes=temp(RESULTS + "/{recording}/deconvolve/t{chunk}.npz"),

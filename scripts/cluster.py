@@ -20,7 +20,7 @@ labels = cluster_spikes(
     main_channels=channels[rows],
     seed=snakemake.params.seed,
     min_cluster_size=cfg["min_cluster_size"],
-    max_spikes_per_channel=cfg["max_spikes_per_channel"],
+    max_fit_spikes=cfg["max_spikes_per_channel"],
     split_threshold=cfg["split_threshold"],
     triage_quantile=cfg["triage_quantile"],
 )

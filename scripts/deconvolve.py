@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from shardsort.deconvolve import deconvolve_chunk, prepare_templates
+from shardsort.deconvolve import DeconvBasis, deconvolve_chunk
 from shardsort.detect import TemporalBasis, extract_snippets, localize_spikes, project_temporal
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.jobs import job_logger, read_h5, read_npz, write_npz
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
@@ -21,7 +21,7 @@ pre, post = int(tpl["attrs"]["pre_samples"]), int(tpl["attrs"]["post_samples"])
 
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
 window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
-basis = prepare_templates(tpl["templates"], pre_samples=pre)
+basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
 spikes = deconvolve_chunk(
     window,
     basis,

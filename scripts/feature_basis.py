@@ -33,7 +33,7 @@ for index in snakemake.params.sample_chunks:
     start = index * chunk_len
     stop = min(plan["n_samples"], start + chunk_len)
     window = rec.get_traces(start - margin, stop + margin, pad="zero")
-    samples, channels, _ = detect_peaks(
+    peaks = detect_peaks(
         window,
         core_start=margin,
         core_stop=margin + stop - start,
@@ -43,7 +43,11 @@ for index in snakemake.params.sample_chunks:
         good_mask=good,
     )
     snippets = extract_snippets(
-        window, samples + margin, channels[:, None], pre_samples=pre, post_samples=post
+        window,
+        peaks["sample_index"] + margin,
+        peaks["channel_index"][:, None],
+        pre_samples=pre,
+        post_samples=post,
     )
     waveforms.append(snippets[:, :, 0])
 waveforms = np.concatenate(waveforms, axis=0) if waveforms else np.zeros((0, pre + post))

@@ -18,7 +18,9 @@ parts = sorted(
     snakemake.input.filtered, key=lambda p: read_sidecar(p)["channel_start"]
 )
 filtered = np.concatenate([np.asarray(read_array(p)) for p in parts], axis=1)
-out, int16_scale = apply_preprocessing(
+# int16 chunks store noise units in steps of 1/200 (range +-164 noise units).
+int16_scale = 200.0 if pre["output_dtype"] == "int16" else None
+out = apply_preprocessing(
     filtered,
     scales=noise["scales_uv"],
     whitening=whitening if pre["whiten"] else None,
@@ -28,10 +30,11 @@ out, int16_scale = apply_preprocessing(
     radius_um=pre["reference_radius_um"],
     inner_radius_um=pre["reference_inner_radius_um"],
     output_dtype=pre["output_dtype"],
+    int16_scale=int16_scale,
 )
 attrs = {"start_sample": chunk["start"]}
 if int16_scale is not None:
-    attrs["scale"] = float(int16_scale)
+    attrs["scale"] = 1.0 / int16_scale
 write_array(
     snakemake.output.data, out, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
 )

@@ -1,12 +1,18 @@
-"""templates: reduce the per-chunk sums, align, clean and merge templates once."""
+"""templates: reduce the per-chunk sums, clean, merge and align templates once."""
 
 import numpy as np
 
-from shardsort.jobs import job_logger, read_npz, write_h5
+from shardsort.deconvolve import prepare_templates
+from shardsort.io.arrays import read_array, read_sidecar
+from shardsort.jobs import job_logger, read_npz, write_h5, write_npz
 from shardsort.templates import (
+    align_templates,
     clean_templates,
+    matched_snr,
     merge_similar_templates,
+    noise_factors,
     reduce_templates,
+    sample_noise_windows,
     template_peak_channels,
     template_positions,
 )
@@ -22,6 +28,33 @@ pre, post = waveform_samples({"detect": snakemake.params.detect}, rate)
 parts = [read_npz(p) for p in snakemake.input.sums]
 templates, counts = reduce_templates([p["sums"] for p in parts], [p["counts"] for p in parts])
 n_clusters = len(counts)
+
+# Background-noise windows: how each template's matching score varies on
+# noise alone (the noise is band-limited and spatially correlated).
+windows = []
+for i, path in enumerate(snakemake.input.noise_chunks):
+    scale = float(read_sidecar(path).get("scale", 1.0))
+    traces = np.asarray(read_array(path), dtype=np.float32) * scale
+    windows.append(
+        sample_noise_windows(
+            traces, n_windows=1000, window_samples=pre + post,
+            threshold=snakemake.params.threshold, seed=snakemake.params.seed + i,
+        )
+    )
+windows = np.concatenate(windows)
+log.info("%d background-noise windows", len(windows))
+
+
+def significance(t):
+    """(noise factors, matched-filter SNR) of templates ``t``."""
+    if len(t) == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    f = noise_factors(t, windows)
+    return f, matched_snr(t, f)
+
+
+# 1. Clean: too small, too few spikes, too spread, off-centre, or not standing
+#    out of the noise (clusters of noise crossings).
 keep, reasons = clean_templates(
     templates,
     counts,
@@ -32,21 +65,37 @@ keep, reasons = clean_templates(
     peak_window_samples=ms_to_samples(cfg["peak_window_ms"], rate),
     pre_samples=pre,
 )
-for cid in np.flatnonzero(~keep):
-    log.info("cluster %d dropped: %s (%d spikes)", cid, reasons[cid], counts[cid])
-kept = np.flatnonzero(keep)
+factors, snr = significance(templates)
+weak = snr < cfg["min_snr"]
+for cid in np.flatnonzero(~keep | weak):
+    why = [name for name, mask in reasons.items() if mask[cid]]
+    if weak[cid]:
+        why.append(f"matched SNR {snr[cid]:.1f} < {cfg['min_snr']}")
+    log.info("cluster %d dropped: %s (%d spikes)", cid, ", ".join(why), counts[cid])
+kept = np.flatnonzero(keep & ~weak)
+
+# 2. Merge units found twice (neighbouring channels/groups, or split clusters).
 merged, merged_counts, mapping, groups, _ = merge_similar_templates(
     templates[kept],
     counts[kept],
     max_shift_samples=ms_to_samples(cfg["merge_max_shift_ms"], rate),
     min_cosine=cfg["merge_min_cosine"],
     max_amplitude_ratio=cfg["merge_max_amplitude_ratio"],
+    noise_factors=factors[kept],
+    max_difference=cfg["merge_max_difference"],
 )
 cluster_to_unit = np.full(n_clusters, -1, dtype=np.int32)
 cluster_to_unit[kept] = mapping
-for group in groups:
+merge_group = np.full(n_clusters, -1, dtype=np.int32)
+for g, group in enumerate(groups):
+    merge_group[kept[group]] = g
     if len(group) > 1:
-        log.info("merged clusters %s", [int(kept[g]) for g in group])
+        log.info("merged clusters %s", [int(kept[i]) for i in group])
+
+# 3. Align every template's trough on pre_samples; the matching basis is
+#    computed once here.
+merged, _ = align_templates(merged, pre_samples=pre)
+factors, snr = significance(merged)
 peak_channels = template_peak_channels(merged)
 unit_positions = template_positions(merged, positions)
 write_h5(
@@ -55,9 +104,14 @@ write_h5(
         "templates": merged.astype(np.float32),
         "counts": np.asarray(merged_counts, dtype=np.int64),
         "cluster_to_unit": cluster_to_unit,
+        "cluster_merge_group": merge_group,
         "peak_channels": peak_channels.astype(np.int32),
         "positions_um": unit_positions.astype(np.float32),
+        "noise_factors": factors,
+        "matched_snr": snr,
     },
     {"pre_samples": pre, "post_samples": post, "n_clusters": n_clusters},
 )
+basis = prepare_templates(merged, pre_samples=pre, noise_factors=factors)
+write_npz(snakemake.output.basis, **basis.to_arrays())
 log.info("%d clusters -> %d kept -> %d units after merging", n_clusters, len(kept), len(merged))

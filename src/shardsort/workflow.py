@@ -133,6 +133,8 @@ def demo_n_samples(config: dict) -> int:
 def load_context(config: dict) -> Context:
     """Validate the configuration, read the recordings table, plan every recording."""
     check_config(config)
+    from .synth import neuropixels_like_geometry
+
     demo = config["demo"]
     generated = {
         str(Path(DEMO_PATH)): {
@@ -140,6 +142,7 @@ def load_context(config: dict) -> Context:
             "n_channels": demo["n_channels"],
             "sampling_rate_hz": demo["sampling_rate_hz"],
             "geometry": DEMO_GEOMETRY,
+            "positions_um": neuropixels_like_geometry(demo["n_channels"]),
         }
     }
     specs = load_recordings_table(config["recordings"], generated=generated)

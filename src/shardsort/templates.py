@@ -1,0 +1,804 @@
+"""Template estimation, cleaning and merging kernels.
+
+A template is the mean waveform of one unit, shaped ``(T, n_channels)`` with
+``T = pre_samples + post_samples``: the snippet of a spike whose trough lies at
+sample ``s`` is ``traces[s - pre_samples : s + post_samples]``, so the trough
+sits at template index ``pre_samples``. Template stacks are float32 arrays
+shaped ``(n_units, T, n_channels)``.
+
+Typical use by the workflow:
+
+1. :func:`select_spikes_per_unit` once on the merged spike table, when the
+   number of spikes averaged per unit is capped (the choice must see the whole
+   table so that it does not depend on chunking);
+2. :func:`accumulate_templates` per time chunk (sums and counts only, never all
+   waveforms in memory), then :func:`reduce_templates` over the chunks;
+3. :func:`align_templates`, :func:`clean_templates` and
+   :func:`merge_similar_templates` once, on the reduced templates.
+
+No sum of squares is accumulated: the traces are whitened to unit noise, so a
+template's amplitude is already a signal-to-noise ratio and is what
+:func:`clean_templates` thresholds.
+
+Shift convention, shared by :func:`align_templates` and
+:func:`merge_similar_templates`: a returned ``shift`` ``d`` for a unit means
+its old template is the new one delayed by ``d`` samples, so the unit's spike
+times become ``sample_index + d``.
+
+All kernels are pure: arrays in, arrays out, no I/O and no global state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+#: Upper bound on the number of float32 values gathered at once when summing
+#: snippets (about 16 MB), so memory stays flat on dense chunks.
+_GATHER_BATCH_VALUES = 4_000_000
+
+#: Names of the rejection criteria of :func:`clean_templates`, in order.
+CLEAN_REASONS = ("too_small", "too_few_spikes", "too_spread", "off_centre")
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _check_templates(templates: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    array = np.asarray(templates, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(
+            "templates must have shape (n_units, n_samples, n_channels), "
+            f"got {array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError("templates must be finite, got NaN or inf values")
+    return array
+
+
+def _check_counts(counts: npt.ArrayLike, n_units: int) -> npt.NDArray[np.int64]:
+    array = np.asarray(counts)
+    if array.shape != (n_units,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"counts must be an integer array of shape ({n_units},), "
+            f"got {array.dtype} {array.shape}"
+        )
+    if np.any(array < 0):
+        raise ValueError(f"counts must be >= 0, got minimum {array.min()}")
+    return array.astype(np.int64)
+
+
+def _check_labels(labels: npt.ArrayLike, n_units: int) -> npt.NDArray[np.int64]:
+    if n_units < 0:
+        raise ValueError(f"n_units must be >= 0, got {n_units}")
+    array = np.asarray(labels)
+    if array.ndim != 1 or not (
+        np.issubdtype(array.dtype, np.integer) or array.size == 0
+    ):
+        raise ValueError(
+            f"labels must be a 1-D integer array, got {array.dtype} {array.shape}"
+        )
+    array = array.astype(np.int64)
+    if array.size and (array.min() < -1 or array.max() >= n_units):
+        raise ValueError(
+            f"labels must lie in [-1, {n_units - 1}] (n_units={n_units}), "
+            f"got range [{array.min()}, {array.max()}]"
+        )
+    return array
+
+
+def _check_positions(
+    positions_um: npt.ArrayLike, n_channels: int
+) -> npt.NDArray[np.float64]:
+    positions = np.asarray(positions_um, dtype=np.float64)
+    if positions.shape != (n_channels, 2):
+        raise ValueError(
+            f"positions_um must have shape ({n_channels}, 2), got {positions.shape}"
+        )
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions_um must be finite, got NaN or inf values")
+    return positions
+
+
+def _check_max_shift(max_shift_samples: int, n_samples: int) -> None:
+    if not 0 <= max_shift_samples < max(n_samples, 1):
+        raise ValueError(
+            f"max_shift_samples must lie in [0, {max(n_samples - 1, 0)}] "
+            f"(template length {n_samples}), got {max_shift_samples}"
+        )
+
+
+def _check_floor_fraction(floor_fraction: float) -> None:
+    if not 0.0 <= floor_fraction < 1.0:
+        raise ValueError(f"floor_fraction must lie in [0, 1), got {floor_fraction}")
+
+
+# ---------------------------------------------------------------------------
+# Accumulation
+# ---------------------------------------------------------------------------
+
+
+def select_spikes_per_unit(
+    labels: npt.ArrayLike,
+    *,
+    n_units: int,
+    max_per_unit: int,
+    seed: int,
+) -> npt.NDArray[np.bool_]:
+    """Choose at most ``max_per_unit`` spikes of each unit, at random.
+
+    Run it once on the whole (merged) spike table before cutting it into time
+    chunks: the selection then does not depend on chunking.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (n_spikes,)
+        Unit of each spike; ``-1`` (unassigned) is never selected.
+    n_units : int
+        Number of units; labels lie in ``[-1, n_units)``.
+    max_per_unit : int
+        Largest number of spikes kept per unit (>= 1).
+    seed : int
+        Seed of the random choice; the same labels and seed give the same mask.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_spikes,)
+        True for the selected spikes.
+    """
+    labels = _check_labels(labels, n_units)
+    if max_per_unit < 1:
+        raise ValueError(f"max_per_unit must be >= 1, got {max_per_unit}")
+    keys = np.random.default_rng(seed).random(labels.size)
+    order = np.lexsort((keys, labels))
+    sorted_labels = labels[order]
+    rank = np.arange(labels.size) - np.searchsorted(sorted_labels, sorted_labels)
+    keep = np.zeros(labels.size, dtype=bool)
+    keep[order] = (rank < max_per_unit) & (sorted_labels >= 0)
+    return keep
+
+
+def accumulate_templates(
+    window: npt.ArrayLike,
+    sample_index_in_window: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    n_units: int,
+    pre_samples: int,
+    post_samples: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Sum the snippets of each unit over one time chunk.
+
+    Parameters
+    ----------
+    window : array_like of float32, shape (n_samples, n_channels)
+        Preprocessed traces of the chunk with its margins.
+    sample_index_in_window : array_like of int, shape (n_spikes,)
+        Trough sample of each spike, relative to the start of ``window``.
+        Pass only the spikes of the chunk core (each spike in exactly one
+        chunk), already capped with :func:`select_spikes_per_unit` if wanted.
+    labels : array_like of int, shape (n_spikes,)
+        Unit of each spike; spikes labelled ``-1`` are skipped.
+    n_units : int
+        Number of units (rows of the output).
+    pre_samples, post_samples : int
+        Snippet ``window[s - pre_samples : s + post_samples]``. Spikes whose
+        snippet does not fit in ``window`` are skipped (use margins of at
+        least ``pre_samples`` and ``post_samples``).
+
+    Returns
+    -------
+    sums : ndarray of float64, shape (n_units, pre_samples + post_samples, n_channels)
+        Sum of the snippets of each unit.
+    counts : ndarray of int64, shape (n_units,)
+        Number of snippets summed per unit.
+    """
+    traces = np.asarray(window, dtype=np.float32)
+    if traces.ndim != 2:
+        raise ValueError(
+            f"window must have shape (n_samples, n_channels), got {traces.shape}"
+        )
+    labels = _check_labels(labels, n_units)
+    samples = np.asarray(sample_index_in_window)
+    if samples.shape != labels.shape or not (
+        np.issubdtype(samples.dtype, np.integer) or samples.size == 0
+    ):
+        raise ValueError(
+            "sample_index_in_window must be an integer array shaped like labels "
+            f"{labels.shape}, got {samples.dtype} {samples.shape}"
+        )
+    if pre_samples < 0:
+        raise ValueError(f"pre_samples must be >= 0, got {pre_samples}")
+    if post_samples < 1:
+        raise ValueError(f"post_samples must be >= 1, got {post_samples}")
+
+    n_times = pre_samples + post_samples
+    sums = np.zeros((n_units, n_times, traces.shape[1]), dtype=np.float64)
+    starts = samples.astype(np.int64) - pre_samples
+    usable = (labels >= 0) & (starts >= 0) & (starts + n_times <= traces.shape[0])
+    order = np.argsort(labels[usable], kind="stable")
+    starts = starts[usable][order]
+    labels = labels[usable][order]
+    counts = np.bincount(labels, minlength=n_units).astype(np.int64)
+
+    offsets = np.arange(n_times)
+    batch = max(1, _GATHER_BATCH_VALUES // max(n_times * traces.shape[1], 1))
+    for first in range(0, labels.size, batch):
+        batch_labels = labels[first : first + batch]
+        snippets = traces[starts[first : first + batch, None] + offsets]
+        units, group_starts = np.unique(batch_labels, return_index=True)
+        sums[units] += np.add.reduceat(snippets, group_starts, axis=0, dtype=np.float64)
+    return sums, counts
+
+
+def reduce_templates(
+    sums: list[npt.NDArray[np.float64]],
+    counts: list[npt.NDArray[np.int64]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Turn per-chunk sums and counts into mean templates.
+
+    Parameters
+    ----------
+    sums : sequence of ndarray of float64, each (n_units, T, n_channels)
+        Outputs of :func:`accumulate_templates`, one per chunk.
+    counts : sequence of ndarray of int64, each (n_units,)
+        Matching spike counts.
+
+    Returns
+    -------
+    templates : ndarray of float32, shape (n_units, T, n_channels)
+        Mean snippet of each unit; zeros for units without spikes.
+    counts : ndarray of int64, shape (n_units,)
+        Total number of snippets per unit.
+    """
+    if len(sums) == 0 or len(sums) != len(counts):
+        raise ValueError(
+            "sums and counts must be non-empty sequences of equal length, "
+            f"got {len(sums)} and {len(counts)}"
+        )
+    total = np.zeros(np.shape(sums[0]), dtype=np.float64)
+    if total.ndim != 3:
+        raise ValueError(
+            f"sums must hold arrays shaped (n_units, T, n_channels), got {total.shape}"
+        )
+    total_counts = np.zeros(total.shape[0], dtype=np.int64)
+    for part_sums, part_counts in zip(sums, counts):
+        if np.shape(part_sums) != total.shape:
+            raise ValueError(
+                f"every sums array must have shape {total.shape}, "
+                f"got {np.shape(part_sums)}"
+            )
+        total += part_sums
+        total_counts += _check_counts(part_counts, total.shape[0])
+    divisor = np.maximum(total_counts, 1)[:, None, None]
+    return (total / divisor).astype(np.float32), total_counts
+
+
+# ---------------------------------------------------------------------------
+# Per-template summaries
+# ---------------------------------------------------------------------------
+
+
+def template_peak_channels(templates: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Channel of each template's most negative sample.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+
+    Returns
+    -------
+    ndarray of int64, shape (n_units,)
+        Peak (trough) channel; 0 for an all-zero template.
+    """
+    templates = _check_templates(templates)
+    if templates.shape[1] == 0 or templates.shape[2] == 0:
+        return np.zeros(templates.shape[0], dtype=np.int64)
+    return templates.min(axis=1).argmin(axis=1).astype(np.int64)
+
+
+def template_amplitudes(templates: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Peak-to-peak amplitude of each template on its peak channel.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units,)
+        Amplitude in the units of the traces (noise units once whitened).
+    """
+    templates = _check_templates(templates)
+    if templates.shape[1] == 0 or templates.shape[2] == 0:
+        return np.zeros(templates.shape[0], dtype=np.float32)
+    peak = template_peak_channels(templates)
+    waveforms = templates[np.arange(templates.shape[0]), :, peak]
+    return np.ptp(waveforms, axis=1).astype(np.float32)
+
+
+def _spatial_weights(
+    templates: npt.NDArray[np.float32], floor_fraction: float
+) -> npt.NDArray[np.float64]:
+    """Per-channel amplitude above ``floor_fraction`` of the largest one."""
+    amplitudes = np.ptp(templates, axis=1).astype(np.float64)
+    floor = floor_fraction * amplitudes.max(axis=1, initial=0.0)
+    return np.maximum(amplitudes - floor[:, None], 0.0)
+
+
+def _centres_and_spreads(
+    templates: npt.NDArray[np.float32],
+    positions: npt.NDArray[np.float64],
+    floor_fraction: float,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    weights = _spatial_weights(templates, floor_fraction)
+    total = weights.sum(axis=1)
+    has_signal = total > 0
+    safe_total = np.where(has_signal, total, 1.0)
+    centres = np.where(
+        has_signal[:, None],
+        weights @ positions / safe_total[:, None],
+        positions[template_peak_channels(templates)],
+    )
+    squared = ((positions[None, :, :] - centres[:, None, :]) ** 2).sum(axis=2)
+    spreads = np.sqrt((weights * squared).sum(axis=1) / safe_total)
+    return centres, spreads
+
+
+def template_positions(
+    templates: npt.ArrayLike,
+    positions_um: npt.ArrayLike,
+    *,
+    floor_fraction: float = 0.2,
+) -> npt.NDArray[np.float64]:
+    """Amplitude-weighted centre of each template on the probe.
+
+    Each channel weighs its peak-to-peak amplitude minus ``floor_fraction``
+    times the template's largest one (clipped at zero), so that residual noise
+    on far channels does not pull the centre towards the middle of the probe.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+    positions_um : array_like of float, shape (n_channels, 2)
+        Channel (x, y) positions in micrometres.
+    floor_fraction : float, optional
+        Fraction of the largest channel amplitude ignored, in [0, 1).
+
+    Returns
+    -------
+    ndarray of float64, shape (n_units, 2)
+        (x, y) centre in micrometres; the peak channel's position for an
+        all-zero template.
+    """
+    templates = _check_templates(templates)
+    positions = _check_positions(positions_um, templates.shape[2])
+    _check_floor_fraction(floor_fraction)
+    return _centres_and_spreads(templates, positions, floor_fraction)[0]
+
+
+# ---------------------------------------------------------------------------
+# Cleaning and alignment
+# ---------------------------------------------------------------------------
+
+
+def clean_templates(
+    templates: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    positions_um: npt.ArrayLike,
+    *,
+    pre_samples: int,
+    min_amplitude: float,
+    min_count: int,
+    max_spread_um: float,
+    peak_window_samples: int,
+    floor_fraction: float = 0.2,
+) -> tuple[npt.NDArray[np.bool_], dict[str, npt.NDArray[np.bool_]]]:
+    """Flag templates that are too small, too rare, too spread or off-centre.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+        Mean waveforms in noise units.
+    counts : array_like of int, shape (n_units,)
+        Number of spikes averaged per template.
+    positions_um : array_like of float, shape (n_channels, 2)
+        Channel (x, y) positions in micrometres.
+    pre_samples : int
+        Template index where the trough should be.
+    min_amplitude : float
+        Smallest peak-to-peak amplitude on the peak channel kept.
+    min_count : int
+        Smallest number of spikes kept.
+    max_spread_um : float
+        Largest amplitude-weighted spatial spread (root mean square distance
+        of the channels to the template centre, weighted as in
+        :func:`template_positions`) kept.
+    peak_window_samples : int
+        Largest distance between the trough on the peak channel and
+        ``pre_samples`` kept.
+    floor_fraction : float, optional
+        Amplitude floor of the spatial weights, as in :func:`template_positions`.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (n_units,)
+        True for templates that pass every criterion.
+    reasons : dict of str to ndarray of bool, shape (n_units,)
+        One mask per criterion of :data:`CLEAN_REASONS` (``"too_small"``,
+        ``"too_few_spikes"``, ``"too_spread"``, ``"off_centre"``), True where
+        the template fails it.
+    """
+    templates = _check_templates(templates)
+    counts = _check_counts(counts, templates.shape[0])
+    positions = _check_positions(positions_um, templates.shape[2])
+    if not 0 <= pre_samples < templates.shape[1]:
+        raise ValueError(
+            f"pre_samples must lie in [0, {templates.shape[1] - 1}], got {pre_samples}"
+        )
+    if min_amplitude < 0:
+        raise ValueError(f"min_amplitude must be >= 0, got {min_amplitude}")
+    if min_count < 0:
+        raise ValueError(f"min_count must be >= 0, got {min_count}")
+    if max_spread_um <= 0:
+        raise ValueError(f"max_spread_um must be > 0, got {max_spread_um}")
+    if peak_window_samples < 0:
+        raise ValueError(f"peak_window_samples must be >= 0, got {peak_window_samples}")
+    _check_floor_fraction(floor_fraction)
+
+    peak = template_peak_channels(templates)
+    units = np.arange(templates.shape[0])
+    trough = templates[units, :, peak].argmin(axis=1)
+    spreads = _centres_and_spreads(templates, positions, floor_fraction)[1]
+    reasons = {
+        "too_small": template_amplitudes(templates) < min_amplitude,
+        "too_few_spikes": counts < min_count,
+        "too_spread": spreads > max_spread_um,
+        "off_centre": np.abs(trough - pre_samples) > peak_window_samples,
+    }
+    keep = ~np.logical_or.reduce([reasons[name] for name in CLEAN_REASONS])
+    return keep, reasons
+
+
+def _advance(
+    templates: npt.NDArray[np.float32], shifts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """``out[i, t] = templates[i, t + shifts[i]]``, zero outside the template."""
+    n_times = templates.shape[1]
+    source = np.arange(n_times)[None, :] + shifts[:, None]
+    inside = (source >= 0) & (source < n_times)
+    rows = np.arange(templates.shape[0])[:, None]
+    out = templates[rows, np.clip(source, 0, max(n_times - 1, 0))]
+    out[~inside] = 0.0
+    return out
+
+
+def align_templates(
+    templates: npt.ArrayLike, *, pre_samples: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Move each template's trough on its peak channel to ``pre_samples``.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+    pre_samples : int
+        Target trough index.
+
+    Returns
+    -------
+    aligned : ndarray of float32, shape (n_units, T, n_channels)
+        Templates shifted by whole samples, zero-filled.
+    shifts : ndarray of int64, shape (n_units,)
+        Trough index minus ``pre_samples``; add it to the spike times of the
+        unit so that they point at the trough of the aligned template.
+    """
+    templates = _check_templates(templates)
+    if not 0 <= pre_samples < max(templates.shape[1], 1):
+        raise ValueError(
+            f"pre_samples must lie in [0, {templates.shape[1] - 1}], got {pre_samples}"
+        )
+    if templates.shape[1] == 0 or templates.shape[2] == 0:
+        return templates.copy(), np.zeros(templates.shape[0], dtype=np.int64)
+    peak = template_peak_channels(templates)
+    trough = templates[np.arange(templates.shape[0]), :, peak].argmin(axis=1)
+    shifts = trough.astype(np.int64) - pre_samples
+    return _advance(templates, shifts), shifts
+
+
+# ---------------------------------------------------------------------------
+# Similarity and merging
+# ---------------------------------------------------------------------------
+
+
+def _similarity_and_lags(
+    templates: npt.NDArray[np.float32], max_shift_samples: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Best cosine over lags, and the lag by which template j trails template i.
+
+    ``lags[i, j] = d`` means ``templates[j, t] ~ templates[i, t - d]``.
+    """
+    n_units, n_times, n_channels = templates.shape
+    flat_norms = np.sqrt((templates.astype(np.float64) ** 2).sum(axis=(1, 2)))
+    best = np.full((n_units, n_units), -np.inf)
+    lags = np.zeros((n_units, n_units), dtype=np.int64)
+    for lag in range(max_shift_samples + 1):
+        # gram[i, j] = sum_t <templates[i, t], templates[j, t + lag]>
+        width = (n_times - lag) * n_channels
+        head = templates[:, : n_times - lag].reshape(n_units, width)
+        tail = templates[:, lag:].reshape(n_units, width)
+        gram = head @ tail.T
+        for value, signed_lag in ((gram, lag), (gram.T, -lag)):
+            better = value > best
+            best[better] = value[better]
+            lags[better] = signed_lag
+    # Mirror the upper triangle so that rounding cannot break the symmetry.
+    upper = np.triu_indices(n_units, 1)
+    best.T[upper] = best[upper]
+    lags.T[upper] = -lags[upper]
+    denominator = np.outer(flat_norms, flat_norms)
+    positive = denominator > 0
+    cosine = np.zeros_like(best)
+    cosine[positive] = best[positive] / denominator[positive]
+    return cosine, lags
+
+
+def template_similarity(
+    templates: npt.ArrayLike, *, max_shift_samples: int
+) -> npt.NDArray[np.float32]:
+    """Best cosine similarity of every template pair over small shifts.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+    max_shift_samples : int
+        Largest relative shift tried, in samples (0 <= shift < T).
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units, n_units)
+        Symmetric; 1 on the diagonal of non-zero templates; 0 for any pair
+        with an all-zero template.
+    """
+    templates = _check_templates(templates)
+    _check_max_shift(max_shift_samples, templates.shape[1])
+    return _similarity_and_lags(templates, max_shift_samples)[0].astype(np.float32)
+
+
+def merge_similar_templates(
+    templates: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    *,
+    max_shift_samples: int,
+    min_cosine: float,
+    max_amplitude_ratio: float,
+    noise_factors: npt.ArrayLike | None = None,
+    max_difference: float | None = None,
+    floor_cosine: float = 0.8,
+) -> tuple[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    list[list[int]],
+    npt.NDArray[np.int64],
+]:
+    """Merge templates that are shifted, rescaled copies of each other.
+
+    A pair is accepted when its best cosine over shifts of up to
+    ``max_shift_samples`` (see :func:`template_similarity`) is at least
+    ``min_cosine`` and the ratio of the larger to the smaller amplitude
+    (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Accepted
+    pairs are joined transitively into groups. Each group keeps as reference
+    its member with the most spikes (the lowest index on ties); the other
+    members are shifted onto it along the accepted pairs and averaged with
+    weights equal to their spike counts.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+    counts : array_like of int, shape (n_units,)
+        Spikes per template (the averaging weights; equal weights for a group
+        without spikes).
+    max_shift_samples : int
+        Largest relative shift tried, in samples.
+    min_cosine : float
+        Smallest cosine similarity merged, in [-1, 1].
+    max_amplitude_ratio : float
+        Largest amplitude ratio merged (>= 1).
+    noise_factors : array_like, shape (n_units,), optional
+        Per-template noise factors (:func:`noise_factors`). With
+        ``max_difference`` they add a second, noise-aware test: a pair whose
+        cosine is at least ``floor_cosine`` also merges when what tells the
+        two apart, ``min(||a||^2, ||b||^2) * (1 - cosine^2)`` divided by the
+        larger noise factor, is at most ``max_difference`` (squared
+        matched-filter noise SDs): template matching could not tell such
+        templates apart reliably, whatever their cosine.
+    max_difference : float, optional
+        See ``noise_factors``.
+    floor_cosine : float, default 0.8
+        Smallest cosine for the noise-aware test.
+
+    Returns
+    -------
+    templates : ndarray of float32, shape (n_new, T, n_channels)
+        Merged templates, ordered by the lowest old index of their group.
+    counts : ndarray of int64, shape (n_new,)
+        Summed spike counts.
+    mapping : ndarray of int64, shape (n_units,)
+        New index of every old template.
+    groups : list of list of int
+        Old indices of each new template, ascending.
+    shifts : ndarray of int64, shape (n_units,)
+        Add ``shifts[old]`` to the spike times of an old unit to place them on
+        the merged template (0 for references and unmerged units).
+    """
+    templates = _check_templates(templates)
+    counts = _check_counts(counts, templates.shape[0])
+    _check_max_shift(max_shift_samples, templates.shape[1])
+    if not -1.0 <= min_cosine <= 1.0:
+        raise ValueError(f"min_cosine must lie in [-1, 1], got {min_cosine}")
+    if max_amplitude_ratio < 1.0:
+        raise ValueError(f"max_amplitude_ratio must be >= 1, got {max_amplitude_ratio}")
+
+    n_units = templates.shape[0]
+    cosine, lags = _similarity_and_lags(templates, max_shift_samples)
+    amplitudes = template_amplitudes(templates).astype(np.float64)
+    larger = np.maximum.outer(amplitudes, amplitudes)
+    smaller = np.minimum.outer(amplitudes, amplitudes)
+    close_in_size = larger <= max_amplitude_ratio * smaller
+    similar = cosine >= min_cosine
+    if noise_factors is not None and max_difference is not None:
+        factors = np.asarray(noise_factors, dtype=np.float64)
+        if factors.shape != (n_units,):
+            raise ValueError(
+                f"noise_factors must have shape ({n_units},), got {factors.shape}"
+            )
+        energy = (templates.reshape(n_units, -1).astype(np.float64) ** 2).sum(axis=1)
+        difference = (
+            np.minimum.outer(energy, energy)
+            * (1.0 - np.clip(cosine, 0.0, 1.0) ** 2)
+            / np.maximum.outer(factors, factors)
+        )
+        similar |= (cosine >= floor_cosine) & (difference <= max_difference)
+    accepted = similar & close_in_size & (smaller > 0)
+    np.fill_diagonal(accepted, False)
+    first, second = np.nonzero(np.triu(accepted))
+    graph = coo_matrix(
+        (np.ones(first.size), (first, second)), shape=(n_units, n_units)
+    ).tocsr()
+    _, component = connected_components(graph, directed=False)
+
+    new_templates = []
+    new_counts = []
+    groups: list[list[int]] = []
+    mapping = np.zeros(n_units, dtype=np.int64)
+    shifts = np.zeros(n_units, dtype=np.int64)
+    _, first_members = np.unique(component, return_index=True)
+    for first_member in np.sort(first_members):
+        members = np.flatnonzero(component == component[first_member])
+        reference = members[np.argmax(counts[members])]
+        order, predecessors = breadth_first_order(
+            graph, reference, directed=False, return_predecessors=True
+        )
+        for node in order[1:]:
+            parent = predecessors[node]
+            shifts[node] = shifts[parent] + lags[parent, node]
+        weights = counts[members].astype(np.float64)
+        if weights.sum() == 0:
+            weights[:] = 1.0
+        aligned = _advance(templates[members], shifts[members]).astype(np.float64)
+        merged = np.tensordot(weights / weights.sum(), aligned, axes=1)
+        mapping[members] = len(groups)
+        groups.append(members.tolist())
+        new_templates.append(merged.astype(np.float32))
+        new_counts.append(counts[members].sum())
+    new_shape = (len(groups),) + templates.shape[1:]
+    return (
+        np.array(new_templates, dtype=np.float32).reshape(new_shape),
+        np.array(new_counts, dtype=np.int64),
+        mapping,
+        groups,
+        shifts,
+    )
+
+
+def sample_noise_windows(
+    traces: npt.ArrayLike,
+    *,
+    n_windows: int,
+    window_samples: int,
+    threshold: float,
+    seed: int,
+) -> npt.NDArray[np.float32]:
+    """Background-noise windows: random windows in which no sample crosses ``threshold``.
+
+    Parameters
+    ----------
+    traces : array_like, shape (n_samples, n_channels)
+        Preprocessed traces (unit noise).
+    n_windows : int
+        Windows wanted; fewer are returned if the traces hold fewer clean ones.
+    window_samples : int
+        Length of each window (the template length).
+    threshold : float
+        Windows containing any ``|value| > threshold`` are rejected.
+    seed : int
+        Seed of the random window starts.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, window_samples, n_channels)
+    """
+    x = np.asarray(traces, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"traces must be 2-D (samples, channels), got shape {x.shape}")
+    if window_samples < 1:
+        raise ValueError(f"window_samples must be >= 1, got {window_samples}")
+    if n_windows < 0:
+        raise ValueError(f"n_windows must be >= 0, got {n_windows}")
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    n_starts = x.shape[0] - window_samples + 1
+    if n_starts < 1 or n_windows == 0:
+        return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
+    loud = (np.abs(x) > threshold).any(axis=1).astype(np.int64)
+    # loud samples inside [s, s + window): a running sum over the window
+    csum = np.concatenate([[0], np.cumsum(loud)])
+    clean = np.flatnonzero(csum[window_samples:] - csum[: n_starts] == 0)
+    if clean.size == 0:
+        return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.choice(clean, size=min(n_windows, clean.size), replace=False))
+    return x[starts[:, None] + np.arange(window_samples)]
+
+
+def noise_factors(
+    templates: npt.ArrayLike, noise_windows: npt.ArrayLike
+) -> npt.NDArray[np.float32]:
+    """Variance of each template's projection on noise, over its squared norm.
+
+    White noise of unit variance gives 1; band-limited, spatially correlated
+    noise gives more for templates shaped like the noise. Dividing a matching
+    score by it makes one threshold mean the same significance for every unit.
+
+    Parameters
+    ----------
+    templates : array_like, shape (n_units, T, n_channels)
+    noise_windows : array_like, shape (n_windows, T, n_channels)
+        From :func:`sample_noise_windows`; at least 2 windows.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units,)
+        Factors (>= a small floor); 1 for all-zero templates.
+    """
+    w = np.asarray(templates, dtype=np.float64)
+    noise = np.asarray(noise_windows, dtype=np.float64)
+    if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
+        raise ValueError(
+            f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
+            "the same (T, n_channels)"
+        )
+    if noise.shape[0] < 2:
+        raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
+    flat_w = w.reshape(len(w), -1)
+    projections = noise.reshape(len(noise), -1) @ flat_w.T  # (n_windows, n_units)
+    variance = projections.var(axis=0)
+    norms = (flat_w**2).sum(axis=1)
+    factors = np.divide(variance, norms, out=np.ones_like(variance), where=norms > 0)
+    return np.maximum(factors, 1e-3).astype(np.float32)
+
+
+def matched_snr(
+    templates: npt.ArrayLike, factors: npt.ArrayLike
+) -> npt.NDArray[np.float32]:
+    """Matched-filter SNR of each template: ``||w|| / sqrt(factor)``.
+
+    The z-score a spike of unit amplitude reaches against background noise.
+    """
+    w = np.asarray(templates, dtype=np.float64)
+    norms = np.sqrt((w.reshape(len(w), -1) ** 2).sum(axis=1))
+    return (norms / np.sqrt(np.asarray(factors, dtype=np.float64))).astype(np.float32)

@@ -1,0 +1,356 @@
+"""Tests of template estimation, cleaning and merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shardsort.templates import (
+    CLEAN_REASONS,
+    accumulate_templates,
+    align_templates,
+    clean_templates,
+    merge_similar_templates,
+    reduce_templates,
+    select_spikes_per_unit,
+    template_amplitudes,
+    template_peak_channels,
+    template_positions,
+    template_similarity,
+)
+
+PRE = 10
+POST = 20
+T = PRE + POST
+
+
+def probe(n_channels: int = 16) -> np.ndarray:
+    """One column, a channel every 20 um."""
+    return np.column_stack([np.zeros(n_channels), 20.0 * np.arange(n_channels)])
+
+
+def unit_template(
+    centre_channel: float,
+    *,
+    peak: float = 10.0,
+    width: float = 2.0,
+    trough_at: int = PRE,
+    length_um: float = 30.0,
+    n_channels: int = 16,
+) -> np.ndarray:
+    """Biphasic waveform with a Gaussian spatial footprint."""
+    t = np.arange(T, dtype=np.float64)[:, None] - trough_at
+    waveform = -np.exp(-0.5 * (t / width) ** 2) + 0.3 * np.exp(
+        -0.5 * ((t - 4 * width) / (2 * width)) ** 2
+    )
+    distance_um = 20.0 * (np.arange(n_channels) - centre_channel)
+    footprint = np.exp(-0.5 * (distance_um / length_um) ** 2)
+    return (peak * waveform * footprint[None, :]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Accumulation
+# ---------------------------------------------------------------------------
+
+
+def test_accumulate_then_reduce_equals_mean_of_snippets():
+    rng = np.random.default_rng(0)
+    traces = rng.standard_normal((5_000, 8)).astype(np.float32)
+    times = np.sort(rng.choice(np.arange(PRE, 5_000 - POST), 300, replace=False))
+    labels = rng.integers(-1, 4, times.size)  # -1 = unassigned, unit 4 stays empty
+    n_units = 5
+
+    # Two chunks [0, 2500) and [2500, 5000), windows with margins of 40.
+    sums, counts = [], []
+    for start, stop in [(0, 2_500), (2_500, 5_000)]:
+        low, high = max(0, start - 40), min(5_000, stop + 40)
+        core = (times >= start) & (times < stop)
+        part = accumulate_templates(
+            traces[low:high],
+            times[core] - low,
+            labels[core],
+            n_units=n_units,
+            pre_samples=PRE,
+            post_samples=POST,
+        )
+        sums.append(part[0])
+        counts.append(part[1])
+    templates, total = reduce_templates(sums, counts)
+
+    assert templates.dtype == np.float32 and templates.shape == (n_units, T, 8)
+    for unit in range(n_units):
+        mine = times[labels == unit]
+        assert total[unit] == mine.size
+        if mine.size == 0:
+            np.testing.assert_array_equal(templates[unit], 0.0)
+            continue
+        snippets = np.stack([traces[s - PRE : s + POST] for s in mine])
+        np.testing.assert_allclose(templates[unit], snippets.mean(axis=0), atol=1e-5)
+
+
+def test_accumulate_skips_spikes_whose_snippet_leaves_the_window():
+    traces = np.ones((100, 2), dtype=np.float32)
+    sums, counts = accumulate_templates(
+        traces,
+        np.array([5, 50, 95]),
+        np.array([0, 0, 0]),
+        n_units=1,
+        pre_samples=PRE,
+        post_samples=POST,
+    )
+    assert counts.tolist() == [1]
+    np.testing.assert_array_equal(sums[0], 1.0)
+
+
+def test_accumulate_with_no_spikes_returns_zeros():
+    sums, counts = accumulate_templates(
+        np.zeros((100, 3), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        n_units=2,
+        pre_samples=PRE,
+        post_samples=POST,
+    )
+    assert sums.shape == (2, T, 3) and sums.dtype == np.float64
+    assert counts.tolist() == [0, 0]
+
+
+def test_select_spikes_per_unit_caps_each_unit_deterministically():
+    labels = np.array([0] * 50 + [1] * 3 + [-1] * 10 + [2] * 20)
+    np.random.default_rng(1).shuffle(labels)
+    keep = select_spikes_per_unit(labels, n_units=4, max_per_unit=10, seed=7)
+    assert np.bincount(labels[keep], minlength=4).tolist() == [10, 3, 10, 0]
+    assert not np.any(keep & (labels == -1))
+    again = select_spikes_per_unit(labels, n_units=4, max_per_unit=10, seed=7)
+    np.testing.assert_array_equal(keep, again)
+    other = select_spikes_per_unit(labels, n_units=4, max_per_unit=10, seed=8)
+    assert not np.array_equal(keep, other)
+
+
+# ---------------------------------------------------------------------------
+# Summaries, cleaning, alignment
+# ---------------------------------------------------------------------------
+
+
+def test_peak_channels_amplitudes_and_positions():
+    templates = np.stack(
+        [unit_template(4.0), unit_template(10.5, peak=6.0), np.zeros((T, 16))]
+    )
+    assert template_peak_channels(templates).tolist() == [4, 10, 0]
+    amplitudes = template_amplitudes(templates)
+    # Trough -1 (+ the bump's tail 0.3 e^-2) and bump top 0.3, times the peak 10.
+    assert amplitudes[0] == pytest.approx(10.0 * (1.3 - 0.3 * np.exp(-2.0)), rel=1e-3)
+    assert amplitudes[2] == 0.0
+    positions = template_positions(templates, probe())
+    np.testing.assert_allclose(positions[0], [0.0, 80.0], atol=1e-6)
+    np.testing.assert_allclose(positions[1], [0.0, 210.0], atol=1e-6)
+    np.testing.assert_allclose(positions[2], [0.0, 0.0])  # peak channel 0
+
+
+def test_clean_templates_flags_each_criterion():
+    templates = np.stack(
+        [
+            unit_template(5.0),  # good
+            unit_template(8.0, peak=1.0),  # tiny
+            unit_template(3.0, trough_at=PRE + 6),  # off-centre
+            unit_template(8.0, length_um=400.0),  # spread over the whole probe
+            unit_template(11.0),  # too few spikes
+        ]
+    )
+    counts = np.array([100, 100, 100, 100, 3])
+    keep, reasons = clean_templates(
+        templates,
+        counts,
+        probe(),
+        pre_samples=PRE,
+        min_amplitude=4.0,
+        min_count=20,
+        max_spread_um=60.0,
+        peak_window_samples=3,
+    )
+    assert set(reasons) == set(CLEAN_REASONS)
+    assert keep.tolist() == [True, False, False, False, False]
+    assert np.flatnonzero(reasons["too_small"]).tolist() == [1]
+    assert np.flatnonzero(reasons["off_centre"]).tolist() == [2]
+    assert np.flatnonzero(reasons["too_spread"]).tolist() == [3]
+    assert np.flatnonzero(reasons["too_few_spikes"]).tolist() == [4]
+
+
+def test_clean_templates_accepts_zero_units():
+    keep, reasons = clean_templates(
+        np.zeros((0, T, 16), np.float32),
+        np.zeros(0, np.int64),
+        probe(),
+        pre_samples=PRE,
+        min_amplitude=4.0,
+        min_count=20,
+        max_spread_um=60.0,
+        peak_window_samples=3,
+    )
+    assert keep.shape == (0,) and all(mask.shape == (0,) for mask in reasons.values())
+
+
+def test_align_templates_moves_trough_to_pre_samples():
+    templates = np.stack([unit_template(5.0, trough_at=PRE + 3), unit_template(9.0)])
+    aligned, shifts = align_templates(templates, pre_samples=PRE)
+    assert shifts.tolist() == [3, 0]
+    assert aligned[0, :, 5].argmin() == PRE
+    np.testing.assert_array_equal(aligned[0, : T - 3], templates[0, 3:])
+    np.testing.assert_array_equal(aligned[0, T - 3 :], 0.0)
+    np.testing.assert_array_equal(aligned[1], templates[1])
+
+
+# ---------------------------------------------------------------------------
+# Similarity and merging
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trio():
+    """A, a 2-sample-delayed 0.8x copy of A, and a different unit C."""
+    a = unit_template(5.0)
+    b = np.zeros_like(a)
+    b[2:] = 0.8 * a[:-2]
+    c = unit_template(11.0, width=3.5)
+    return np.stack([a, b, c])
+
+
+def test_template_similarity_sees_shifted_copies(trio):
+    similarity = template_similarity(trio, max_shift_samples=3)
+    assert similarity.dtype == np.float32
+    np.testing.assert_allclose(similarity, similarity.T)
+    np.testing.assert_allclose(np.diag(similarity), 1.0, rtol=1e-6)
+    assert similarity[0, 1] > 0.99
+    assert similarity[0, 2] < 0.1
+    assert template_similarity(trio, max_shift_samples=0)[0, 1] < 0.9
+
+
+def test_merge_joins_shifted_scaled_copy_only(trio):
+    counts = np.array([300, 100, 50])
+    merged, new_counts, mapping, groups, shifts = merge_similar_templates(
+        trio, counts, max_shift_samples=3, min_cosine=0.9, max_amplitude_ratio=1.5
+    )
+    assert groups == [[0, 1], [2]]
+    assert mapping.tolist() == [0, 0, 1]
+    assert new_counts.tolist() == [400, 50]
+    assert shifts.tolist() == [0, 2, 0]  # unit 1 trails A by 2 samples
+    # Count-weighted mean after alignment: (300 A + 100 * 0.8 A) / 400.
+    expected = trio[0] * (300 + 80) / 400
+    np.testing.assert_allclose(merged[0, : T - 2], expected[: T - 2], atol=1e-5)
+    np.testing.assert_array_equal(merged[1], trio[2])
+
+
+def test_merge_reference_is_the_unit_with_most_spikes(trio):
+    *_, groups, shifts = merge_similar_templates(
+        trio,
+        np.array([10, 100, 5]),
+        max_shift_samples=3,
+        min_cosine=0.9,
+        max_amplitude_ratio=1.5,
+    )
+    assert groups == [[0, 1], [2]]
+    assert shifts.tolist() == [-2, 0, 0]
+
+
+def test_merge_respects_amplitude_ratio(trio):
+    small = trio.copy()
+    small[1] *= 0.3 / 0.8  # same shape, 0.3x the size of A
+    *_, groups, shifts = merge_similar_templates(
+        small,
+        np.array([1, 1, 1]),
+        max_shift_samples=3,
+        min_cosine=0.9,
+        max_amplitude_ratio=1.5,
+    )
+    assert groups == [[0], [1], [2]]
+    assert shifts.tolist() == [0, 0, 0]
+
+
+def test_merge_of_no_templates():
+    merged, counts, mapping, groups, shifts = merge_similar_templates(
+        np.zeros((0, T, 4), np.float32),
+        np.zeros(0, np.int64),
+        max_shift_samples=2,
+        min_cosine=0.9,
+        max_amplitude_ratio=1.5,
+    )
+    assert merged.shape == (0, T, 4) and counts.size == 0
+    assert mapping.size == 0 and groups == [] and shifts.size == 0
+
+
+# ---------------------------------------------------------------------------
+# Argument errors
+# ---------------------------------------------------------------------------
+
+
+def test_accumulate_rejects_bad_labels():
+    with pytest.raises(ValueError, match=r"labels must lie in \[-1, 1\] \(n_units=2\)"):
+        accumulate_templates(
+            np.zeros((100, 2), np.float32),
+            np.array([50]),
+            np.array([2]),
+            n_units=2,
+            pre_samples=PRE,
+            post_samples=POST,
+        )
+    with pytest.raises(ValueError, match="post_samples must be >= 1, got 0"):
+        accumulate_templates(
+            np.zeros((100, 2), np.float32),
+            np.array([50]),
+            np.array([0]),
+            n_units=1,
+            pre_samples=PRE,
+            post_samples=0,
+        )
+
+
+def test_reduce_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        reduce_templates([], [])
+    with pytest.raises(
+        ValueError, match=r"every sums array must have shape \(1, 3, 2\)"
+    ):
+        reduce_templates(
+            [np.zeros((1, 3, 2)), np.zeros((1, 3, 3))], [np.ones(1, int)] * 2
+        )
+
+
+def test_select_rejects_bad_cap():
+    with pytest.raises(ValueError, match="max_per_unit must be >= 1, got 0"):
+        select_spikes_per_unit(np.array([0, 1]), n_units=2, max_per_unit=0, seed=0)
+
+
+def test_merge_and_clean_reject_bad_arguments(trio):
+    with pytest.raises(ValueError, match=r"max_shift_samples must lie in \[0, 29\]"):
+        template_similarity(trio, max_shift_samples=30)
+    with pytest.raises(ValueError, match="max_amplitude_ratio must be >= 1, got 0.5"):
+        merge_similar_templates(
+            trio,
+            np.ones(3, int),
+            max_shift_samples=2,
+            min_cosine=0.9,
+            max_amplitude_ratio=0.5,
+        )
+    with pytest.raises(
+        ValueError, match=r"counts must be an integer array of shape \(3,\)"
+    ):
+        merge_similar_templates(
+            trio,
+            np.ones(2, int),
+            max_shift_samples=2,
+            min_cosine=0.9,
+            max_amplitude_ratio=1.5,
+        )
+    with pytest.raises(ValueError, match=r"positions_um must have shape \(16, 2\)"):
+        template_positions(trio, np.zeros((15, 2)))
+    with pytest.raises(ValueError, match="max_spread_um must be > 0, got -3.0"):
+        clean_templates(
+            trio,
+            np.ones(3, int),
+            probe(),
+            pre_samples=PRE,
+            min_amplitude=1.0,
+            min_count=1,
+            max_spread_um=-3.0,
+            peak_window_samples=2,
+        )

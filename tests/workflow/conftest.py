@@ -1,0 +1,80 @@
+"""Fixtures that run the real workflow on small generated recordings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def write_small_recording(folder: Path, *, name: str, n_channels=32, duration_s=20.0,
+                          n_units=10, seed=7) -> Path:
+    """Generate a small ground-truth recording and its recordings table."""
+    from shardsort.synth import SynthParams, ground_truth_arrays, write_recording
+
+    folder.mkdir(parents=True, exist_ok=True)
+    params = SynthParams(
+        n_channels=n_channels, duration_s=duration_s, n_units=n_units, seed=seed
+    )
+    write_recording(folder / f"{name}.bin", params)
+    gt = ground_truth_arrays(params)
+    gt["sample_index"] = gt.pop("spike_sample_index")
+    gt["unit_index"] = gt.pop("spike_unit_index")
+    np.save(folder / f"{name}_geometry.npy", gt["positions_um"])
+    np.savez(folder / f"{name}_gt.npz", **gt)
+    table = folder / f"{name}.tsv"
+    table.write_text(
+        "name\tpath\tformat\tsampling_rate_hz\tn_channels\tdtype\torder\tgain_to_uv\t"
+        "offset_bytes\tgeometry\tground_truth\n"
+        f"{name}\t{folder / (name + '.bin')}\tbinary\t{params.sampling_rate_hz}\t"
+        f"{n_channels}\tint16\tsamples\t{gt['gain_to_uv']}\t0\t"
+        f"{folder / (name + '_geometry.npy')}\t{folder / (name + '_gt.npz')}\n"
+    )
+    return table
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
+                  check=True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``workdir`` as working directory."""
+    cmd = [
+        SNAKEMAKE,
+        "--snakefile", str(REPO / "Snakefile"),
+        "--configfile", str(REPO / "config" / "config.yaml"),
+        "--directory", str(workdir),
+        *args,
+    ]
+    if config:
+        cmd += ["--config"] + [f"{k}={v}" for k, v in config.items()]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def small_recording(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small data")  # a path with a space
+    return write_small_recording(folder, name="small")
+
+
+@pytest.fixture(scope="session")
+def sorted_small(tmp_path_factory, small_recording):
+    """The small recording sorted once with --cores 2 (shared by several tests)."""
+    work = tmp_path_factory.mktemp("run_cores2")
+    run_snakemake(work, "--cores", "2", config={"recordings": small_recording})
+    return work
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

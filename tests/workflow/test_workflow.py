@@ -1,0 +1,84 @@
+"""The workflow end to end on a small generated recording.
+
+These tests run real `snakemake` processes; they are the slowest in the suite.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+
+from .conftest import run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def _read_tsv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _spikes(workdir, name="small"):
+    with h5py.File(workdir / "results" / name / "sorting.h5", "r") as f:
+        return f["spikes"][()], f["templates"][()]
+
+
+def test_dry_run_lists_every_stage(tmp_path, small_recording):
+    proc = run_snakemake(tmp_path, "-n", "--cores", "2", config={"recordings": small_recording})
+    for rule in ("filter", "noise_stats", "whitening", "preprocess", "feature_basis",
+                 "detect", "merge_spikes", "cluster", "merge_clusters", "template_sums",
+                 "templates", "deconvolve", "merge_units", "metrics", "export_phy",
+                 "export_nwb", "ground_truth"):
+        assert rule in proc.stdout, rule
+
+
+def test_sort_is_accurate_on_ground_truth(sorted_small):
+    rows = _read_tsv(sorted_small / "results" / "small" / "ground_truth.tsv")
+    assert len(rows) == 10
+    acc = np.array([float(r["accuracy"]) for r in rows])
+    snr = np.array([float(r["snr"]) for r in rows])
+    # Units clearly above the noise must be found; the floor leaves room for the
+    # faintest units the generator plants near the detection threshold.
+    strong = snr >= 5
+    assert strong.sum() >= 5
+    assert np.mean(acc[strong] >= 0.8) >= 0.75, list(zip(snr.round(1), acc.round(2)))
+
+
+def test_outputs_exist_and_agree(sorted_small):
+    base = sorted_small / "results" / "small"
+    spikes, templates = _spikes(sorted_small)
+    assert len(spikes) > 0 and templates.ndim == 3
+    assert np.all(np.diff(spikes["sample_index"]) >= 0)
+    phy_times = np.load(base / "phy" / "spike_times.npy")
+    phy_clusters = np.load(base / "phy" / "spike_clusters.npy")
+    assert np.array_equal(phy_times.astype(np.int64), spikes["sample_index"])
+    assert np.array_equal(
+        np.bincount(phy_clusters, minlength=len(templates)),
+        np.bincount(spikes["unit_index"], minlength=len(templates)),
+    )
+    metrics = _read_tsv(base / "metrics.tsv")
+    assert len(metrics) == len(templates)
+    assert (base / "sorting.nwb").stat().st_size > 0
+    for stage in ("filter", "detect", "deconvolve"):
+        assert any((base / "benchmarks" / stage).iterdir())
+        assert any((base / "logs" / stage).iterdir())
+
+
+def test_same_result_for_cores_and_chunk_sizes(tmp_path, small_recording, sorted_small):
+    """--cores 1 with two other chunk lengths gives the identical spike train."""
+    reference, _ = _spikes(sorted_small)
+    for memory in (520, 600):
+        work = tmp_path / f"mem{memory}"
+        work.mkdir()
+        run_snakemake(
+            work, "--cores", "1",
+            config={"recordings": small_recording, "shards": f"{{max_memory_mb: {memory}}}"},
+        )
+        with h5py.File(work / "results" / "small" / "sorting.h5", "r") as f:
+            plan = f.attrs["plan"]
+            spikes = f["spikes"][()]
+        assert '"n_chunks": 1' not in plan, plan
+        assert np.array_equal(spikes, reference)
