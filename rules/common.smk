@@ -12,8 +12,6 @@ CTX = load_context(config)
 RECORDINGS = CTX.recordings
 PLANS = CTX.plans
 RESULTS = "results"
-LOGS = RESULTS + "/{recording}/logs"
-BENCH = RESULTS + "/{recording}/benchmarks"
 # Rerun a stage when the package's version (and so its kernels) changes.
 CODE_VERSION = shardsort.__version__
 
@@ -89,7 +87,7 @@ def get_margin(stage):
 
 def get_filtered_chunk(wildcards):
     return expand(
-        RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
+        "results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
         recording=wildcards.recording,
         shard=shard_ids(wildcards.recording),
         chunk=wildcards.chunk,
@@ -97,7 +95,7 @@ def get_filtered_chunk(wildcards):
 
 
 def get_filtered_chunk_sidecars(wildcards):
-    return [p + ".yaml" for p in get_filtered_chunk(wildcards)]
+    return [f"{p}.yaml" for p in get_filtered_chunk(wildcards)]
 
 
 def noise_chunk_ids(recording):
@@ -107,7 +105,7 @@ def noise_chunk_ids(recording):
 
 def get_noise_sample(wildcards):
     return expand(
-        RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
+        "results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
         recording=wildcards.recording,
         shard=shard_ids(wildcards.recording),
         chunk=noise_chunk_ids(wildcards.recording),
@@ -115,7 +113,7 @@ def get_noise_sample(wildcards):
 
 
 def get_noise_sample_sidecars(wildcards):
-    return [p + ".yaml" for p in get_noise_sample(wildcards)]
+    return [f"{p}.yaml" for p in get_noise_sample(wildcards)]
 
 
 def preprocessed_paths(recording, indices):
@@ -153,7 +151,7 @@ def get_pca_chunks(wildcards):
 
 def get_detected(wildcards):
     return expand(
-        RESULTS + "/{recording}/detect/t{chunk}.npz",
+        "results/{recording}/detect/t{chunk}.npz",
         recording=wildcards.recording,
         chunk=chunk_ids(wildcards.recording),
     )
@@ -161,7 +159,7 @@ def get_detected(wildcards):
 
 def get_clustered(wildcards):
     return expand(
-        RESULTS + "/{recording}/cluster/g{group}.npz",
+        "results/{recording}/cluster/g{group}.npz",
         recording=wildcards.recording,
         group=group_ids(wildcards.recording),
     )
@@ -169,7 +167,7 @@ def get_clustered(wildcards):
 
 def get_template_parts(wildcards):
     return expand(
-        RESULTS + "/{recording}/templates/t{chunk}.npz",
+        "results/{recording}/templates/t{chunk}.npz",
         recording=wildcards.recording,
         chunk=chunk_ids(wildcards.recording),
     )
@@ -177,7 +175,7 @@ def get_template_parts(wildcards):
 
 def get_deconvolved(wildcards):
     return expand(
-        RESULTS + "/{recording}/deconvolve/t{chunk}.npz",
+        "results/{recording}/deconvolve/t{chunk}.npz",
         recording=wildcards.recording,
         chunk=chunk_ids(wildcards.recording),
     )

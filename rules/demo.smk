@@ -9,9 +9,9 @@ rule demo_recording:
     params:
         demo=config["demo"],
     log:
-        DEMO_DIR + "/demo_recording.log",
+        "data/demo/demo_recording.log",
     benchmark:
-        DEMO_DIR + "/demo_recording.benchmark.tsv"
+        "data/demo/demo_recording.benchmark.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:

@@ -4,9 +4,9 @@
 rule feature_basis:
     input:
         chunks=get_pca_sample,
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
+        noise="results/{recording}/preprocess/noise.h5",
     output:
-        basis=RESULTS + "/{recording}/detect/basis.h5",
+        basis="results/{recording}/detect/basis.h5",
     params:
         recording=get_recording,
         plan=get_plan,
@@ -15,9 +15,9 @@ rule feature_basis:
         seed=config["seed"],
         code=CODE_VERSION,
     log:
-        LOGS + "/feature_basis.log",
+        "results/{recording}/logs/feature_basis.log",
     benchmark:
-        BENCH + "/feature_basis.tsv"
+        "results/{recording}/benchmarks/feature_basis.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -27,10 +27,10 @@ rule feature_basis:
 rule detect:
     input:
         chunks=get_preprocessed_window("detect"),
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
-        basis=RESULTS + "/{recording}/detect/basis.h5",
+        noise="results/{recording}/preprocess/noise.h5",
+        basis="results/{recording}/detect/basis.h5",
     output:
-        peaks=temp(RESULTS + "/{recording}/detect/t{chunk}.npz"),
+        peaks=temp("results/{recording}/detect/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -40,9 +40,9 @@ rule detect:
     resources:
         mem_mb=get_job_mem_mb,
     log:
-        LOGS + "/detect/t{chunk}.log",
+        "results/{recording}/logs/detect/t{chunk}.log",
     benchmark:
-        BENCH + "/detect/t{chunk}.tsv"
+        "results/{recording}/benchmarks/detect/t{chunk}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -52,16 +52,16 @@ rule detect:
 rule merge_spikes:
     input:
         peaks=get_detected,
-        basis=RESULTS + "/{recording}/detect/basis.h5",
+        basis="results/{recording}/detect/basis.h5",
     output:
-        spikes=RESULTS + "/{recording}/spikes.h5",
+        spikes="results/{recording}/spikes.h5",
     params:
         recording=get_recording,
         code=CODE_VERSION,
     log:
-        LOGS + "/merge_spikes.log",
+        "results/{recording}/logs/merge_spikes.log",
     benchmark:
-        BENCH + "/merge_spikes.tsv"
+        "results/{recording}/benchmarks/merge_spikes.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:

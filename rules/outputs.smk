@@ -3,17 +3,17 @@
 
 rule ground_truth:
     input:
-        sorting=RESULTS + "/{recording}/sorting.h5",
+        sorting="results/{recording}/sorting.h5",
         ground_truth=get_ground_truth,
     output:
-        scores=RESULTS + "/{recording}/ground_truth.tsv",
+        scores="results/{recording}/ground_truth.tsv",
     params:
         ground_truth=config["ground_truth"],
         code=CODE_VERSION,
     log:
-        LOGS + "/ground_truth.log",
+        "results/{recording}/logs/ground_truth.log",
     benchmark:
-        BENCH + "/ground_truth.tsv"
+        "results/{recording}/benchmarks/ground_truth.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -22,16 +22,16 @@ rule ground_truth:
 
 rule metrics:
     input:
-        sorting=RESULTS + "/{recording}/sorting.h5",
+        sorting="results/{recording}/sorting.h5",
     output:
-        metrics=RESULTS + "/{recording}/metrics.tsv",
+        metrics="results/{recording}/metrics.tsv",
     params:
         seed=config["seed"],
         code=CODE_VERSION,
     log:
-        LOGS + "/metrics.log",
+        "results/{recording}/logs/metrics.log",
     benchmark:
-        BENCH + "/metrics.tsv"
+        "results/{recording}/benchmarks/metrics.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -40,17 +40,17 @@ rule metrics:
 
 rule export_phy:
     input:
-        sorting=RESULTS + "/{recording}/sorting.h5",
-        metrics=RESULTS + "/{recording}/metrics.tsv",
+        sorting="results/{recording}/sorting.h5",
+        metrics="results/{recording}/metrics.tsv",
     output:
-        params=RESULTS + "/{recording}/phy/params.py",
+        params="results/{recording}/phy/params.py",
     params:
         recording=get_recording,
         code=CODE_VERSION,
     log:
-        LOGS + "/export_phy.log",
+        "results/{recording}/logs/export_phy.log",
     benchmark:
-        BENCH + "/export_phy.tsv"
+        "results/{recording}/benchmarks/export_phy.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -59,17 +59,17 @@ rule export_phy:
 
 rule export_nwb:
     input:
-        sorting=RESULTS + "/{recording}/sorting.h5",
-        metrics=RESULTS + "/{recording}/metrics.tsv",
+        sorting="results/{recording}/sorting.h5",
+        metrics="results/{recording}/metrics.tsv",
     output:
-        nwb=RESULTS + "/{recording}/sorting.nwb",
+        nwb="results/{recording}/sorting.nwb",
     params:
         recording=get_recording,
         code=CODE_VERSION,
     log:
-        LOGS + "/export_nwb.log",
+        "results/{recording}/logs/export_nwb.log",
     benchmark:
-        BENCH + "/export_nwb.tsv"
+        "results/{recording}/benchmarks/export_nwb.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:

@@ -6,8 +6,8 @@ rule filter:
     input:
         raw=get_raw,
     output:
-        data=temp(RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32"),
-        sidecar=temp(RESULTS + "/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32.yaml"),
+        data=temp("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32"),
+        sidecar=temp("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32.yaml"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -18,9 +18,9 @@ rule filter:
     resources:
         mem_mb=get_job_mem_mb,
     log:
-        LOGS + "/filter/c{shard}_t{chunk}.log",
+        "results/{recording}/logs/filter/c{shard}_t{chunk}.log",
     benchmark:
-        BENCH + "/filter/c{shard}_t{chunk}.tsv"
+        "results/{recording}/benchmarks/filter/c{shard}_t{chunk}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -32,16 +32,16 @@ rule noise_stats:
         filtered=get_noise_sample,
         sidecars=get_noise_sample_sidecars,
     output:
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
-        report=RESULTS + "/{recording}/bad_channels.tsv",
+        noise="results/{recording}/preprocess/noise.h5",
+        report="results/{recording}/bad_channels.tsv",
     params:
         recording=get_recording,
         preprocess=config["preprocess"],
         code=CODE_VERSION,
     log:
-        LOGS + "/noise_stats.log",
+        "results/{recording}/logs/noise_stats.log",
     benchmark:
-        BENCH + "/noise_stats.tsv"
+        "results/{recording}/benchmarks/noise_stats.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -52,9 +52,9 @@ rule whitening:
     input:
         filtered=get_noise_sample,
         sidecars=get_noise_sample_sidecars,
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
+        noise="results/{recording}/preprocess/noise.h5",
     output:
-        whitening=RESULTS + "/{recording}/preprocess/whitening.h5",
+        whitening="results/{recording}/preprocess/whitening.h5",
     params:
         recording=get_recording,
         preprocess=config["preprocess"],
@@ -62,9 +62,9 @@ rule whitening:
         exclude_ms=config["detect"]["ms_after"],
         code=CODE_VERSION,
     log:
-        LOGS + "/whitening.log",
+        "results/{recording}/logs/whitening.log",
     benchmark:
-        BENCH + "/whitening.tsv"
+        "results/{recording}/benchmarks/whitening.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -75,11 +75,11 @@ rule preprocess:
     input:
         filtered=get_filtered_chunk,
         sidecars=get_filtered_chunk_sidecars,
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
-        whitening=RESULTS + "/{recording}/preprocess/whitening.h5",
+        noise="results/{recording}/preprocess/noise.h5",
+        whitening="results/{recording}/preprocess/whitening.h5",
     output:
-        data=RESULTS + "/{recording}/preprocess/chunks/t{chunk}.bin",
-        sidecar=RESULTS + "/{recording}/preprocess/chunks/t{chunk}.bin.yaml",
+        data="results/{recording}/preprocess/chunks/t{chunk}.bin",
+        sidecar="results/{recording}/preprocess/chunks/t{chunk}.bin.yaml",
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -88,9 +88,9 @@ rule preprocess:
     resources:
         mem_mb=get_job_mem_mb,
     log:
-        LOGS + "/preprocess/t{chunk}.log",
+        "results/{recording}/logs/preprocess/t{chunk}.log",
     benchmark:
-        BENCH + "/preprocess/t{chunk}.tsv"
+        "results/{recording}/benchmarks/preprocess/t{chunk}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:

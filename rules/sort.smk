@@ -3,18 +3,18 @@
 
 rule cluster:
     input:
-        spikes=RESULTS + "/{recording}/spikes.h5",
+        spikes="results/{recording}/spikes.h5",
     output:
-        labels=temp(RESULTS + "/{recording}/cluster/g{group}.npz"),
+        labels=temp("results/{recording}/cluster/g{group}.npz"),
     params:
         group=get_group,
         cluster=config["cluster"],
         seed=config["seed"],
         code=CODE_VERSION,
     log:
-        LOGS + "/cluster/g{group}.log",
+        "results/{recording}/logs/cluster/g{group}.log",
     benchmark:
-        BENCH + "/cluster/g{group}.tsv"
+        "results/{recording}/benchmarks/cluster/g{group}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -24,17 +24,17 @@ rule cluster:
 rule merge_clusters:
     input:
         labels=get_clustered,
-        spikes=RESULTS + "/{recording}/spikes.h5",
+        spikes="results/{recording}/spikes.h5",
     output:
-        clusters=RESULTS + "/{recording}/clusters.h5",
+        clusters="results/{recording}/clusters.h5",
     params:
         templates=config["templates"],
         seed=config["seed"],
         code=CODE_VERSION,
     log:
-        LOGS + "/merge_clusters.log",
+        "results/{recording}/logs/merge_clusters.log",
     benchmark:
-        BENCH + "/merge_clusters.tsv"
+        "results/{recording}/benchmarks/merge_clusters.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -44,10 +44,10 @@ rule merge_clusters:
 rule template_sums:
     input:
         chunks=get_preprocessed_window("templates"),
-        spikes=RESULTS + "/{recording}/spikes.h5",
-        clusters=RESULTS + "/{recording}/clusters.h5",
+        spikes="results/{recording}/spikes.h5",
+        clusters="results/{recording}/clusters.h5",
     output:
-        sums=temp(RESULTS + "/{recording}/templates/t{chunk}.npz"),
+        sums=temp("results/{recording}/templates/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -57,9 +57,9 @@ rule template_sums:
     resources:
         mem_mb=get_job_mem_mb,
     log:
-        LOGS + "/template_sums/t{chunk}.log",
+        "results/{recording}/logs/template_sums/t{chunk}.log",
     benchmark:
-        BENCH + "/template_sums/t{chunk}.tsv"
+        "results/{recording}/benchmarks/template_sums/t{chunk}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -69,11 +69,11 @@ rule template_sums:
 rule templates:
     input:
         sums=get_template_parts,
-        clusters=RESULTS + "/{recording}/clusters.h5",
+        clusters="results/{recording}/clusters.h5",
         noise_chunks=get_noise_chunks,
     output:
-        templates=RESULTS + "/{recording}/templates.h5",
-        basis=RESULTS + "/{recording}/deconv_basis.npz",
+        templates="results/{recording}/templates.h5",
+        basis="results/{recording}/deconv_basis.npz",
     params:
         recording=get_recording,
         detect=config["detect"],
@@ -82,9 +82,9 @@ rule templates:
         seed=config["seed"],
         code=CODE_VERSION,
     log:
-        LOGS + "/templates.log",
+        "results/{recording}/logs/templates.log",
     benchmark:
-        BENCH + "/templates.tsv"
+        "results/{recording}/benchmarks/templates.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -94,11 +94,11 @@ rule templates:
 rule deconvolve:
     input:
         chunks=get_preprocessed_window("deconvolve"),
-        templates=RESULTS + "/{recording}/templates.h5",
-        deconv_basis=RESULTS + "/{recording}/deconv_basis.npz",
-        basis=RESULTS + "/{recording}/detect/basis.h5",
+        templates="results/{recording}/templates.h5",
+        deconv_basis="results/{recording}/deconv_basis.npz",
+        basis="results/{recording}/detect/basis.h5",
     output:
-        spikes=temp(RESULTS + "/{recording}/deconvolve/t{chunk}.npz"),
+        spikes=temp("results/{recording}/deconvolve/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -108,9 +108,9 @@ rule deconvolve:
     resources:
         mem_mb=get_job_mem_mb,
     log:
-        LOGS + "/deconvolve/t{chunk}.log",
+        "results/{recording}/logs/deconvolve/t{chunk}.log",
     benchmark:
-        BENCH + "/deconvolve/t{chunk}.tsv"
+        "results/{recording}/benchmarks/deconvolve/t{chunk}.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
@@ -120,12 +120,12 @@ rule deconvolve:
 rule merge_units:
     input:
         spikes=get_deconvolved,
-        templates=RESULTS + "/{recording}/templates.h5",
-        noise=RESULTS + "/{recording}/preprocess/noise.h5",
-        whitening=RESULTS + "/{recording}/preprocess/whitening.h5",
-        basis=RESULTS + "/{recording}/detect/basis.h5",
+        templates="results/{recording}/templates.h5",
+        noise="results/{recording}/preprocess/noise.h5",
+        whitening="results/{recording}/preprocess/whitening.h5",
+        basis="results/{recording}/detect/basis.h5",
     output:
-        sorting=RESULTS + "/{recording}/sorting.h5",
+        sorting="results/{recording}/sorting.h5",
     params:
         recording=get_recording,
         plan=get_plan,
@@ -133,9 +133,9 @@ rule merge_units:
         deconvolve=config["deconvolve"],
         code=CODE_VERSION,
     log:
-        LOGS + "/merge_units.log",
+        "results/{recording}/logs/merge_units.log",
     benchmark:
-        BENCH + "/merge_units.tsv"
+        "results/{recording}/benchmarks/merge_units.tsv"
     conda:
         "../envs/shardsort.yaml"
     script:
