@@ -12,6 +12,8 @@ CTX = load_context(config)
 RECORDINGS = CTX.recordings
 PLANS = CTX.plans
 RESULTS = "results"
+LOGS = "results/{recording}/logs"
+BENCH = "results/{recording}/benchmarks"
 # Rerun a stage when the package's version (and so its kernels) changes.
 CODE_VERSION = shardsort.__version__
 
@@ -44,9 +46,12 @@ def get_final_outputs():
             f"{base}/phy/params.py",
             f"{base}/metrics.tsv",
             f"{base}/sorting.nwb",
+            f"{base}/report/probe_map.png",
+            f"{base}/report/waveforms",
+            f"{base}/report/runtime.png",
         ]
         if spec.ground_truth:
-            outputs.append(f"{base}/ground_truth.tsv")
+            outputs += [f"{base}/ground_truth.tsv", f"{base}/report/accuracy_vs_snr.png"]
     return outputs
 
 

@@ -386,8 +386,10 @@ class _Pursuit:
         basis: DeconvBasis,
         amplitude_min: float,
         amplitude_max: float,
+        threshold: float,
     ) -> None:
         self.basis = basis
+        self.threshold = np.float32(threshold)
         self.amplitude_min = amplitude_min
         self.amplitude_max = amplitude_max
         self.half = basis.n_samples - 1
@@ -413,7 +415,9 @@ class _Pursuit:
             self.amplitude_min,
             self.amplitude_max,
         )
-        energy /= self.basis.noise_factors
+        # A unit is a candidate where its energy is significant against its
+        # own noise; among candidates, the one explaining most energy wins.
+        energy[energy < self.threshold * self.basis.noise_factors] = -np.inf
         energy[self.locked[rows]] = -np.inf
         winner = energy.argmax(axis=1)
         self.winner[rows] = winner
@@ -475,7 +479,7 @@ class _Pursuit:
         around = np.arange(-reach, reach + 1)
         batches = []
         for _ in range(max_iterations):
-            peaks = _local_peaks(self.best, threshold, self.half)
+            peaks = _local_peaks(self.best, 0.0, self.half)
             if peaks.size == 0:
                 break
             units = self.winner[peaks]
@@ -621,7 +625,7 @@ def deconvolve_chunk(
     if basis.n_units == 0 or n_samples < basis.n_samples:
         return empty(SPIKE_DTYPE)
 
-    pursuit = _Pursuit(traces, basis, amplitude_min, amplitude_max)
+    pursuit = _Pursuit(traces, basis, amplitude_min, amplitude_max, threshold)
     batches = pursuit.search(threshold, refractory_samples, max_iterations)
     if not batches:
         return empty(SPIKE_DTYPE)

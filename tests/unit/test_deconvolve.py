@@ -347,3 +347,31 @@ def test_prepare_rejects_bad_arguments(templates, changes, message):
     arguments = {"pre_samples": PRE, **changes}
     with pytest.raises(ValueError, match=message):
         prepare_templates(templates, **arguments)
+
+
+def test_noise_factors_raise_a_units_bar_without_changing_others():
+    from shardsort.deconvolve import deconvolve_chunk, prepare_templates
+
+    rng = np.random.default_rng(11)
+    n_t, n_ch = 30, 4
+    templates = np.zeros((2, n_t, n_ch), dtype=np.float32)
+    templates[0, 8:16, 0] = -3.0 * np.hanning(8)  # energy ~ 27
+    templates[1, 8:16, 2] = -6.0 * np.hanning(8)  # energy ~ 108
+    traces = 0.2 * rng.standard_normal((3000, n_ch)).astype(np.float32)
+    times = np.arange(200, 2800, 300)
+    for i, t in enumerate(times):
+        traces[t - 10 : t - 10 + n_t] += templates[i % 2]
+    kwargs = dict(core_start=0, core_stop=3000, threshold=15.0, amplitude_min=0.7,
+                  amplitude_max=1.3, refractory_samples=10)
+    plain = deconvolve_chunk(traces, prepare_templates(templates, pre_samples=10), **kwargs)
+    assert sorted(plain["unit_index"].tolist()) == [0] * 5 + [1] * 4
+    raised = deconvolve_chunk(
+        traces,
+        prepare_templates(templates, pre_samples=10, noise_factors=[4.0, 1.0]),
+        **kwargs,
+    )
+    # unit 0 (energy ~27 < 15 * 4) is no longer significant; unit 1 is untouched
+    assert raised["unit_index"].tolist() == [1] * 4
+    np.testing.assert_array_equal(
+        raised["sample_index"], plain["sample_index"][plain["unit_index"] == 1]
+    )

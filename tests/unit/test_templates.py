@@ -354,3 +354,58 @@ def test_merge_and_clean_reject_bad_arguments(trio):
             max_spread_um=-3.0,
             peak_window_samples=2,
         )
+
+
+def test_noise_windows_avoid_spikes_and_factors_measure_colour():
+    from scipy.signal import lfilter
+
+    from shardsort.templates import matched_snr, noise_factors, sample_noise_windows
+
+    rng = np.random.default_rng(0)
+    white = rng.standard_normal((20000, 4)).astype(np.float32)
+    white[5000, 1] = 50.0  # a "spike" no window may contain
+    windows = sample_noise_windows(white, n_windows=500, window_samples=30, threshold=8.0, seed=1)
+    assert windows.shape == (500, 30, 4)
+    assert np.abs(windows).max() < 8.0
+    again = sample_noise_windows(white, n_windows=500, window_samples=30, threshold=8.0, seed=1)
+    np.testing.assert_array_equal(windows, again)
+    template = np.zeros((1, 30, 4), dtype=np.float32)
+    template[0, 10:14, 0] = [-1.0, -2.0, -1.0, 0.5]
+    # white noise: factor ~1
+    f_white = noise_factors(template, windows)
+    assert 0.85 < f_white[0] < 1.15
+    # low-pass coloured noise: a smooth template sees much more noise
+    coloured = lfilter([1.0], [1.0, -0.9], white, axis=0).astype(np.float32)
+    coloured /= coloured.std(axis=0)
+    cw = sample_noise_windows(coloured, n_windows=500, window_samples=30, threshold=8.0, seed=1)
+    smooth = np.zeros((1, 30, 4), dtype=np.float32)
+    smooth[0, 5:25, 0] = -1.0
+    assert noise_factors(smooth, cw)[0] > 5.0
+    snr = matched_snr(template, f_white)
+    assert snr[0] == pytest.approx(np.sqrt(6.25) / np.sqrt(f_white[0]), rel=1e-5)
+    empty = sample_noise_windows(white, n_windows=0, window_samples=30, threshold=8.0, seed=1)
+    assert empty.shape == (0, 30, 4)
+
+
+def test_noise_aware_merge_joins_faint_copies_but_not_distinct_bright_units():
+    from shardsort.templates import merge_similar_templates
+
+    rng = np.random.default_rng(5)
+    base = np.zeros((40, 6), dtype=np.float32)
+    base[10:20, :3] = -np.hanning(10)[:, None] * np.array([1.0, 0.6, 0.3])
+    other = base.copy()
+    other[10:20, 3] = -0.45 * np.hanning(10)  # a second neuron: similar, not equal
+    faint_a = 2.0 * base + 0.05 * rng.standard_normal(base.shape).astype(np.float32)
+    faint_b = 2.0 * other
+    bright_a, bright_b = 12.0 * base, 12.0 * other
+    templates = np.stack([faint_a, faint_b, bright_a, bright_b])
+    counts = np.array([50, 50, 50, 50])
+    factors = np.ones(4, dtype=np.float32)
+    kwargs = dict(max_shift_samples=2, min_cosine=0.99, max_amplitude_ratio=2.0)
+    _, _, plain, _, _ = merge_similar_templates(templates, counts, **kwargs)
+    assert len(set(plain.tolist())) == 4
+    _, _, aware, _, _ = merge_similar_templates(
+        templates, counts, noise_factors=factors, max_difference=20.0, **kwargs
+    )
+    assert aware[0] == aware[1]  # indistinguishable in the noise
+    assert aware[2] != aware[3]  # clearly different at high SNR

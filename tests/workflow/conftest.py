@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -42,12 +43,21 @@ def write_small_recording(folder: Path, *, name: str, n_channels=32, duration_s=
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
-                  check=True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow with ``workdir`` as working directory."""
+                  overrides: dict | None = None, check=True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with ``workdir`` as working directory.
+
+    ``config`` holds top-level ``--config`` values; ``overrides`` nested
+    settings, written to a YAML file layered over the default configuration.
+    """
+    configfiles = [str(REPO / "config" / "config.yaml")]
+    if overrides:
+        extra = Path(workdir) / "overrides.yaml"
+        extra.write_text(yaml.safe_dump(overrides))
+        configfiles.append(str(extra))
     cmd = [
         SNAKEMAKE,
         "--snakefile", str(REPO / "Snakefile"),
-        "--configfile", str(REPO / "config" / "config.yaml"),
+        "--configfile", *configfiles,
         "--directory", str(workdir),
         *args,
     ]

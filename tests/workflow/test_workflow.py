@@ -75,7 +75,8 @@ def test_same_result_for_cores_and_chunk_sizes(tmp_path, small_recording, sorted
         work.mkdir()
         run_snakemake(
             work, "--cores", "1",
-            config={"recordings": small_recording, "shards": f"{{max_memory_mb: {memory}}}"},
+            config={"recordings": small_recording},
+            overrides={"shards": {"max_memory_mb": memory}},
         )
         with h5py.File(work / "results" / "small" / "sorting.h5", "r") as f:
             plan = f.attrs["plan"]
