@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 validate(config, "config/schema.yaml")
 
 
@@ -18,6 +21,7 @@ include: "rules/preprocess.smk"
 include: "rules/detect.smk"
 include: "rules/sort.smk"
 include: "rules/outputs.smk"
+include: "rules/report.smk"
 
 
 rule all:
