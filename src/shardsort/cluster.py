@@ -14,9 +14,9 @@ isosplit, Magland & Barnett 2016). At each node:
 1. the node's spikes are projected on their top ``n_local_pcs`` principal
    components;
 2. a Gaussian mixture over-clusters them into up to ``MAX_COMPONENTS`` pieces;
-3. neighbouring pieces are merged, least bimodal pair first, while the union of
-   a pair looks like one cluster on the pair's discriminant axis (see
-   :func:`bimodality_score` and ``SEPARATION_SPLIT``); merging pieces of
+3. neighbouring pieces are merged, least separated pair first, while the union
+   of a pair looks like one cluster on the pair's discriminant axis (see
+   :func:`bimodality_score` and ``SEPARATION_SPLIT``); testing pieces of
    similar size is what lets a small cluster beside a big one be told apart,
    and merging a chain of pieces keeps an elongated or skewed cluster whole;
 4. each resulting group becomes a child node and is analysed again in its own
@@ -43,12 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import isotonic_regression
-from scipy.special import logsumexp
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-#: Fewest subsampled spikes in a mixture piece or a split part: below this the
-#: unimodality test has no power and covariances are unreliable.
+#: Fewest subsampled spikes a child node may keep (the floor of
+#: ``min_cluster_size`` scaled to the subsample); a node needs twice this to be
+#: split at all, as the unimodality test has no power on fewer points.
 MIN_FIT_PART = 10
 
 #: Most mixture pieces a node is over-clustered into.
@@ -66,13 +66,21 @@ EM_STARTS = 3
 #: Most expectation-maximisation iterations of one mixture fit.
 EM_ITERATIONS = 50
 
+#: EM stops when the mean log-likelihood per row gains less than this.
+EM_TOLERANCE = 1e-3
+
 #: Variance added to covariance diagonals, in squared noise units.
 COVARIANCE_RIDGE = 1e-3
 
 #: Separation (gap between side means over pooled standard deviation) of the
 #: two sides of a cut that splits whatever the density test says. Cutting a
-#: unimodal sample gives at most about 3.5 (a uniform cut in halves).
-SEPARATION_SPLIT = 5.0
+#: large unimodal sample gives at most about 3.5 (a uniform cut in halves).
+SEPARATION_SPLIT = 4.5
+
+#: Sample size at which the separation bar is doubled (it is raised by the
+#: factor ``1 + SEPARATION_SMALL_SAMPLE / n``): the best cut of a few dozen
+#: unimodal points often looks separated by 4-6 deviations.
+SEPARATION_SMALL_SAMPLE = 16.0
 
 #: Count of the outermost density intervals of :func:`bimodality_score`.
 FIRST_INTERVAL_COUNT = 3
@@ -142,7 +150,7 @@ def cluster_spikes(
     seed: int,
     min_cluster_size: int = 30,
     n_local_pcs: int = 5,
-    split_threshold: float = 2.5,
+    split_threshold: float = 2.25,
     max_depth: int = 6,
     triage_quantile: float = 0.999,
     max_fit_spikes: int = 5000,
@@ -191,9 +199,10 @@ def cluster_spikes(
     Notes
     -----
     The result depends only on the set of (main channel, feature row) pairs
-    and on ``seed``, not on the order of the rows. Channels are independent:
-    clustering a group equals clustering each of its channels alone (up to
-    the numbering of units). Linear algebra runs on one thread.
+    and on ``seed``, not on the order of the rows, so spikes may be passed in
+    any order. Channels are independent: clustering a group equals clustering
+    each of its channels alone, up to the numbering of units. Linear algebra
+    runs on one thread (the matrices are small; more threads only contend).
     """
     flat = _validated_features(features)
     channels = _validated_channels(main_channels, flat.shape[0])
@@ -241,7 +250,10 @@ def _validated_features(features: npt.ArrayLike) -> npt.NDArray[np.float64]:
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"features must be a float array, got dtype {array.dtype}")
-    flat = np.ascontiguousarray(array.reshape(array.shape[0], -1), dtype=np.float64)
+    n_features = math.prod(array.shape[1:])
+    flat = np.ascontiguousarray(
+        array.reshape(array.shape[0], n_features), dtype=np.float64
+    )
     if flat.shape[1] == 0:
         raise ValueError(f"features must have at least one feature, got {array.shape}")
     if not np.isfinite(flat).all():
@@ -313,13 +325,29 @@ class _Mixture:
     whiteners: npt.NDArray[np.float64]  # (K, d, d)
 
     def log_densities(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Weighted log density of each piece at each row, shape (K, n)."""
-        whitened = (x - self.means[:, None, :]) @ self.whiteners.swapaxes(1, 2)
+        """Weighted log density of each piece at each row, shape (K, n).
+
+        The constant ``-d/2 log(2 pi)`` is left out.
+        """
+        n_pieces, n_dims = self.means.shape
+        # One product whitens the rows for every piece: column k*d + i holds
+        # row i of piece k's whitener.
+        stacked = self.whiteners.transpose(2, 0, 1).reshape(n_dims, -1)
+        offsets = (self.whiteners @ self.means[:, :, None])[:, :, 0]
+        whitened = (x @ stacked).reshape(-1, n_pieces, n_dims) - offsets
         # log(weight) - log|covariance| / 2, as log|whitener| = -log|covariance| / 2
         log_scale = self.log_weights + np.log(
             np.diagonal(self.whiteners, axis1=1, axis2=2)
         ).sum(axis=1)
-        return log_scale[:, None] - 0.5 * np.sum(whitened**2, axis=2)
+        return log_scale[:, None] - 0.5 * np.sum(whitened**2, axis=2).T
+
+    def subset(self, pieces: npt.NDArray[np.intp]) -> _Mixture:
+        """Mixture of only the given pieces (weights not renormalised)."""
+        return _Mixture(
+            log_weights=self.log_weights[pieces],
+            means=self.means[pieces],
+            whiteners=self.whiteners[pieces],
+        )
 
 
 @dataclass(frozen=True)
@@ -430,11 +458,16 @@ class _TreeBuilder:
         if basis.shape[1] == 0:
             return None
         local = (x - mean) @ basis
-        n_pieces = min(MAX_COMPONENTS, rows.size // max(self.min_part, MIN_FIT_PART))
-        mixture = _fit_mixture(local, max(n_pieces, 2), rng=self.rng)
+        n_pieces = min(MAX_COMPONENTS, max(2, rows.size // self.min_part))
+        mixture = _fit_mixture(local, n_pieces, rng=self.rng)
         if mixture is None:
             return None
         pieces = np.argmax(mixture.log_densities(local), axis=0)
+        occupied = np.unique(pieces)
+        if occupied.size < 2:
+            return None
+        mixture = mixture.subset(occupied)
+        pieces = np.searchsorted(occupied, pieces)
         groups = _merge_pieces(
             local,
             pieces,
@@ -463,7 +496,7 @@ def _fit_mixture(
     for _ in range(EM_STARTS):
         mixture = _expectation_maximisation(x, _kmeans_plus_plus(x, n_pieces, rng))
         if mixture is not None:
-            likelihood = logsumexp(mixture.log_densities(x), axis=0).sum()
+            likelihood = _posteriors(mixture.log_densities(x))[1].sum()
             if likelihood > best_likelihood:
                 best, best_likelihood = mixture, likelihood
     return best
@@ -486,30 +519,46 @@ def _kmeans_plus_plus(
 def _expectation_maximisation(
     x: npt.NDArray[np.float64], labels: npt.NDArray[np.intp]
 ) -> _Mixture | None:
-    """Mixture refined by EM from hard initial labels, until they settle."""
-    responsibility = (labels == np.arange(labels.max() + 1)[:, None]).astype(
-        np.float64
-    )
+    """Mixture refined by EM from hard initial labels.
+
+    Stops when the mean log-likelihood per row gains less than ``EM_TOLERANCE``.
+    """
+    responsibility = (labels == np.arange(labels.max() + 1)[:, None]).astype(np.float64)
+    outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+    likelihood = -math.inf
     for _ in range(EM_ITERATIONS):
-        mixture = _maximisation(x, responsibility)
+        mixture = _maximisation(x, outer, responsibility)
         if mixture is None:
             return None
-        log_density = mixture.log_densities(x)
-        updated = np.argmax(log_density, axis=0)
-        settled = responsibility.shape[0] == log_density.shape[0] and np.array_equal(
-            updated, labels
-        )
-        responsibility = np.exp(log_density - logsumexp(log_density, axis=0))
-        labels = updated
-        if settled:
+        responsibility, log_total = _posteriors(mixture.log_densities(x))
+        previous, likelihood = likelihood, float(log_total.mean())
+        if likelihood - previous < EM_TOLERANCE:
             break
-    return _maximisation(x, responsibility)
+    return _maximisation(x, outer, responsibility)
+
+
+def _posteriors(
+    log_density: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Posterior of each piece (pieces, rows) and log total density of each row."""
+    peak = log_density.max(axis=0)
+    density = np.exp(log_density - peak)
+    total = density.sum(axis=0)
+    return density / total, peak + np.log(total)
 
 
 def _maximisation(
-    x: npt.NDArray[np.float64], responsibility: npt.NDArray[np.float64]
+    x: npt.NDArray[np.float64],
+    outer: npt.NDArray[np.float64],
+    responsibility: npt.NDArray[np.float64],
 ) -> _Mixture | None:
-    """Mixture fitted to soft assignments (pieces, rows); light pieces dropped."""
+    """Mixture fitted to soft assignments (pieces, rows).
+
+    ``outer`` holds the flattened outer product of each row with itself.
+
+    Pieces lighter than ``d + 2`` rows are dropped; None if fewer than two
+    remain or a covariance is not positive definite.
+    """
     n_dims = x.shape[1]
     totals = responsibility.sum(axis=1)
     heavy = totals >= n_dims + 2
@@ -517,11 +566,14 @@ def _maximisation(
         return None
     responsibility, totals = responsibility[heavy], totals[heavy]
     means = responsibility @ x / totals[:, None]
-    centred = x - means[:, None, :]
-    covariances = (responsibility[:, :, None] * centred).swapaxes(1, 2) @ centred
-    covariances /= totals[:, None, None]
+    second_moments = (responsibility @ outer).reshape(-1, n_dims, n_dims)
+    covariances = second_moments / totals[:, None, None]
+    covariances -= means[:, :, None] * means[:, None, :]
     covariances += COVARIANCE_RIDGE * np.eye(n_dims)
-    whiteners = np.linalg.inv(np.linalg.cholesky(covariances))
+    try:
+        whiteners = np.linalg.inv(np.linalg.cholesky(covariances))
+    except np.linalg.LinAlgError:  # rounding on huge feature values
+        return None
     log_weights = np.log(totals / totals.sum())
     return _Mixture(log_weights=log_weights, means=means, whiteners=whiteners)
 
@@ -559,13 +611,13 @@ def _merge_pieces(
     while links - apart:
         row_groups = group_of_piece[pieces]
         projections = {}
-        for pair in links - separation.keys():
+        for pair in sorted(links - separation.keys()):
             projection, second = _pair_projection(
                 x, row_groups == pair[0], row_groups == pair[1], n_dims=n_dims
             )
             projections[pair] = projection
             separation[pair] = _separation(projection[~second], projection[second])
-        pair = min(links - apart, key=separation.__getitem__)
+        pair = min(sorted(links - apart), key=separation.__getitem__)
         if pair not in projections:
             projections[pair] = _pair_projection(
                 x, row_groups == pair[0], row_groups == pair[1], n_dims=n_dims
@@ -582,7 +634,9 @@ def _merge_pieces(
             )
             if a != b
         }
-        separation = {p: v for p, v in separation.items() if keep not in p and gone not in p}
+        separation = {
+            p: v for p, v in separation.items() if keep not in p and gone not in p
+        }
         apart = {p for p in apart if keep not in p and gone not in p}
     return np.unique(group_of_piece, return_inverse=True)[1]
 
@@ -624,9 +678,10 @@ def _split_strength(
 
     ``strength >= 1`` means two clusters: either the :func:`bimodality_score`
     reaches ``threshold``, or the two sides of its cut are separated by at
-    least ``SEPARATION_SPLIT`` pooled standard deviations. The second test
-    catches a small, distant cluster whose few points give the density test
-    little power.
+    least ``SEPARATION_SPLIT * (1 + SEPARATION_SMALL_SAMPLE / n)`` pooled
+    standard deviations. The second test catches a small, distant cluster
+    whose few points give the density test little power; its bar rises for
+    small samples, whose best cut looks separated by chance.
     """
     score, cut = bimodality_score(values)
     if math.isnan(cut):
@@ -635,7 +690,8 @@ def _split_strength(
     separation = _separation(values[~high], values[high])
     if math.isinf(separation):
         return score / threshold, cut
-    return max(score / threshold, separation / SEPARATION_SPLIT), cut
+    bar = SEPARATION_SPLIT * (1.0 + SEPARATION_SMALL_SAMPLE / values.size)
+    return max(score / threshold, separation / bar), cut
 
 
 def _principal_axes(
@@ -650,13 +706,21 @@ def _principal_axes(
 def _discriminant(
     x: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.float64]:
-    """Unit Fisher discriminant direction between two labelled groups."""
+    """Unit Fisher discriminant direction between two labelled groups.
+
+    The pooled scatter is shrunk towards its mean variance by ``d / n`` (rows
+    ``n``, dimensions ``d``) so that few rows in many dimensions do not yield
+    a direction that separates noise.
+    """
     a, b = x[~labels], x[labels]
-    scatter = _covariance(a) + _covariance(b)
-    scatter += COVARIANCE_RIDGE * np.eye(x.shape[1])
+    n_dims = x.shape[1]
+    pooled = _covariance(a) + _covariance(b)
+    shrinkage = min(1.0, n_dims / x.shape[0])
+    target = shrinkage * np.trace(pooled) / n_dims + COVARIANCE_RIDGE
+    scatter = (1.0 - shrinkage) * pooled + target * np.eye(n_dims)
     direction = np.linalg.solve(scatter, b.mean(axis=0) - a.mean(axis=0))
     norm = np.linalg.norm(direction)
-    return direction / norm if norm > 0 else np.eye(x.shape[1])[0]
+    return direction / norm if norm > 0 else np.eye(n_dims)[0]
 
 
 def _covariance(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
