@@ -24,6 +24,8 @@ from sklearn.decomposition import PCA
 
 from shardsort.tables import PEAK_DTYPE
 
+from .checks import check_int as _check_int
+
 #: Upper bound on the number of float32 values gathered per batch of
 #: candidate peaks (about 16 MB), so memory stays flat on dense chunks.
 _GATHER_BATCH_VALUES = 4_000_000
@@ -59,14 +61,6 @@ def _check_positions(positions_um: npt.ArrayLike) -> npt.NDArray[np.float64]:
     if not np.all(np.isfinite(positions)):
         raise ValueError("positions_um must be finite, got NaN or inf values")
     return positions
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_traces(name: str, traces: npt.ArrayLike) -> npt.NDArray[np.float32]:

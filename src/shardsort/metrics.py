@@ -50,6 +50,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import linalg, ndimage, spatial, stats
 
+from .checks import check_int as _check_int
+from .checks import check_positive as _check_positive
+
 #: Names of the arrays returned by :func:`compute_quality_metrics`, in order.
 METRIC_NAMES = (
     "firing_rate",
@@ -75,20 +78,6 @@ _DISTANCE_BLOCK_VALUES = 2_000_000
 # ---------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_spikes(

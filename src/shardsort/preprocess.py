@@ -25,6 +25,8 @@ import numpy.typing as npt
 from scipy import linalg, signal
 from scipy.spatial import cKDTree
 
+from .checks import check_positive as _check_positive
+
 #: Meaning of the labels returned by :func:`detect_bad_channels`.
 BAD_CHANNEL_LABELS = {0: "good", 1: "dead", 2: "noisy", 3: "out"}
 
@@ -83,12 +85,6 @@ def _as_good_mask(good_mask: npt.ArrayLike | None, n_channels: int) -> np.ndarra
             f"got {mask.dtype} array of shape {mask.shape}"
         )
     return mask
-
-
-def _check_positive(name: str, value: float) -> float:
-    if value is None or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:

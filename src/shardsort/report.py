@@ -27,6 +27,8 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
+from .checks import check_positive as _check_positive
+
 #: Resolution of saved figures.
 DPI = 100
 #: Grid columns of the per-unit pages.
@@ -39,12 +41,6 @@ _OTHER_BAD_STYLE = ("x", "purple")
 _BOX_W, _BOX_H = 0.9, 0.7
 #: Above this many units the probe map does not print unit numbers.
 _MAX_LABELLED_UNITS = 60
-
-
-def _check_positive(name: str, value: float) -> float:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_count(name: str, value: int, minimum: int) -> int:

@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import linalg, signal
 
+from ..checks import check_int as _check_int
+
 #: Examples generated per batch, so memory stays bounded for large sets.
 _BATCH_EXAMPLES = 4096
 
@@ -74,14 +76,6 @@ class NoiseModel:
 # ---------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_fraction(name: str, value: float) -> float:

@@ -35,6 +35,8 @@ from shardsort.detect import detect_peaks, nearest_neighbours
 from shardsort.nn import limit_threads_by_default
 from shardsort.tables import PEAK_DTYPE
 
+from ..checks import check_int as _check_int
+
 #: Name of every detector model (checked when a model is used).
 MODEL_NAME = "nn_detector"
 
@@ -49,14 +51,6 @@ _BLOCK_VALUES = 2**23
 # ---------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_window(window: npt.ArrayLike) -> npt.NDArray[np.float32]:

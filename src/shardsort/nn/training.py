@@ -30,6 +30,9 @@ from shardsort.nn import configure_tensorflow, limit_threads_by_default
 from shardsort.nn import detector as nn_detector
 from shardsort.nn import triage as nn_triage
 
+from ..checks import check_int as _check_int
+from ..checks import check_positive as _check_positive
+
 #: File names inside a model folder.
 MODEL_FILE = "model.keras"
 SIDECAR_FILE = "model.yaml"
@@ -44,20 +47,6 @@ _PREDICT_BATCH = 1024
 # ---------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _check_examples(
