@@ -28,7 +28,7 @@ def _table(tmp_path, row: str):
         (lambda d: f"r1\t{d}/missing.bin\tbinary\t30000\t4\tint16\tsamples\t1\t0\t",
          "missing.bin"),
         (lambda d: f"r1\t{d}/odd.bin\tbinary\t30000\t4\tint16\tsamples\t1\t0\t",
-         "not a multiple"),
+         "is a multiple of n_channels x itemsize"),
         (lambda d: f"r1\t{d}/ok.bin\tbinary\t-5\t4\tint16\tsamples\t1\t0\t",
          "sampling_rate_hz"),
         (lambda d: f"r1\t{d}/ok.bin\tbinary\t30000\t4\tint12\tsamples\t1\t0\t",
