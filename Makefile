@@ -33,3 +33,31 @@ bench: install
 
 clean:
 	rm -rf results .snakemake
+
+# A real single-node SLURM cluster on this machine (root, Debian/Ubuntu; a few
+# minutes): sorts a small recording through profiles/slurm and checks that it
+# equals a local sort. Not part of `make test`.
+.PHONY: test-cluster
+test-cluster: install
+	$(BIN)/python -m pip install --quiet -e ".[cluster]"
+	tests/cluster/run_slurm_test.sh slurm
+
+# `make bench-peers`: shardsort against SpykingCircus2, Tridesclous2 and MountainSort5 on
+# generated ground truth (benchmarks/peers/README.md); PEERS_ARGS=--quick for a short run.
+# SpykingCircus2's default motion correction needs torch: the CPU build is pinned here
+# (elsewhere: PEERS_TORCH="torch --index-url https://download.pytorch.org/whl/cpu").
+PEERS_STAMP := $(VENV)/.peers-installed
+PEERS_TORCH ?= torch==2.13.0+cpu
+PEERS_ARGS ?=
+# Work-around for feature_basis on recordings of many chunks (see the file); empty it once fixed.
+PEERS_SHARDSORT_CONFIG ?= benchmarks/peers/pca_all_chunks.yaml
+
+.PHONY: bench-peers
+bench-peers: $(PEERS_STAMP)
+	$(BIN)/python benchmarks/peers/run_peers.py \
+		$(if $(PEERS_SHARDSORT_CONFIG),--shardsort-configfile $(PEERS_SHARDSORT_CONFIG)) $(PEERS_ARGS)
+
+$(PEERS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[peers]"
+	$(BIN)/python -m pip install --quiet $(PEERS_TORCH)
+	touch $@

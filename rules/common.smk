@@ -83,6 +83,12 @@ def get_group(wildcards):
     return {"index": int(wildcards.group), "channel_start": lo, "channel_stop": hi}
 
 
+def get_band(wildcards):
+    """Only the band-pass settings: other preprocessing keys do not refilter."""
+    pre = config["preprocess"]
+    return {k: pre[k] for k in ("freq_min_hz", "freq_max_hz", "filter_order")}
+
+
 def get_margin(stage):
     def margin(wildcards):
         return PLANS[wildcards.recording].margins[stage]

@@ -13,7 +13,7 @@ rule filter:
         chunk=get_chunk,
         shard=get_shard,
         margin_samples=get_margin("filter"),
-        preprocess=config["preprocess"],
+        band=get_band,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,
@@ -58,8 +58,6 @@ rule whitening:
     params:
         recording=get_recording,
         preprocess=config["preprocess"],
-        threshold=config["detect"]["threshold"],
-        exclude_ms=config["detect"]["ms_after"],
         code=CODE_VERSION,
     log:
         "results/{recording}/logs/whitening.log",

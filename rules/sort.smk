@@ -129,7 +129,6 @@ rule merge_units:
     params:
         recording=get_recording,
         plan=get_plan,
-        config=config,
         deconvolve=config["deconvolve"],
         code=CODE_VERSION,
     log:

@@ -11,7 +11,7 @@ log = job_logger(snakemake)
 rec = open_spec(snakemake.params.recording)
 chunk, shard = snakemake.params.chunk, snakemake.params.shard
 margin = int(snakemake.params.margin_samples)
-pre = snakemake.params.preprocess
+pre = snakemake.params.band
 
 lo = max(0, chunk["start"] - margin)
 hi = min(rec.n_samples, chunk["stop"] + margin)

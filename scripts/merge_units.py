@@ -80,7 +80,9 @@ write_h5(
         "n_samples": int(spec["n_samples"]),
         "pre_samples": int(tpl["attrs"]["pre_samples"]),
         "post_samples": int(tpl["attrs"]["post_samples"]),
-        "config": yaml.safe_dump(snakemake.params.config),
+        # Provenance only: read from the run's config, not a rule param, so
+        # that unrelated config changes do not rerun the sort.
+        "config": yaml.safe_dump(dict(snakemake.config)),
         "versions": yaml.safe_dump(versions),
         "plan": json.dumps(snakemake.params.plan),
     },

@@ -33,8 +33,8 @@ if pre["whiten"]:
     scaled[:, ~good] = 0.0
     cov, n_used = noise_covariance(
         scaled,
-        threshold=float(snakemake.params.threshold),
-        exclusion_samples=ms_to_samples(snakemake.params.exclude_ms, spec["sampling_rate_hz"]),
+        threshold=float(pre["noise_mask_threshold"]),
+        exclusion_samples=ms_to_samples(pre["noise_mask_ms"], spec["sampling_rate_hz"]),
     )
     log.info("noise covariance from %d of %d samples", n_used, scaled.shape[0])
     whitening = local_whitening_matrix(

@@ -26,6 +26,7 @@ exactly ``prod(shape) * itemsize`` bytes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import tempfile
@@ -78,6 +79,12 @@ def _temporary_name(path: PathLike) -> str:
     that append a missing suffix (``np.savez``) write to exactly this name.
     """
     target = Path(path)
+    # Leftovers of an earlier write of the same file that was killed (SIGKILL
+    # gives no chance to clean up). Snakemake runs one job per output at a
+    # time, so no live writer owns them.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp{target.suffix}"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent
     )
