@@ -109,17 +109,41 @@ def get_filtered_chunk_sidecars(wildcards):
     return [f"{p}.yaml" for p in get_filtered_chunk(wildcards)]
 
 
-def noise_chunk_ids(recording):
-    n = config["preprocess"]["noise_sample_chunks"]
-    return [f"{i:05d}" for i in CTX.sample_chunks(recording, n)]
+def noise_segments(recording):
+    """Absolute segments sampled for noise statistics, whitening and templates."""
+    return CTX.segments(recording, config["preprocess"]["noise_sample_chunks"])
+
+
+def pca_segments(recording):
+    """Absolute segments whose spikes fit the temporal PCA."""
+    return CTX.segments(recording, config["detect"]["pca_sample_chunks"])
+
+
+def chunks_for_segments(recording, segments, margin=0):
+    """Chunks holding the segments, widened by ``margin`` samples."""
+    plan = PLANS[recording]
+    needed = set()
+    for lo, hi in segments:
+        lo, hi = max(0, lo - margin), min(plan.n_samples, hi + margin)
+        needed.update(plan.chunks_overlapping(lo, hi))
+    return sorted(needed)
+
+
+def get_noise_segments(wildcards):
+    return [list(s) for s in noise_segments(wildcards.recording)]
+
+
+def get_pca_segments(wildcards):
+    return [list(s) for s in pca_segments(wildcards.recording)]
 
 
 def get_noise_sample(wildcards):
+    chunks = chunks_for_segments(wildcards.recording, noise_segments(wildcards.recording))
     return expand(
         "results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
         recording=wildcards.recording,
         shard=shard_ids(wildcards.recording),
-        chunk=noise_chunk_ids(wildcards.recording),
+        chunk=[f"{i:05d}" for i in chunks],
     )
 
 
@@ -143,21 +167,17 @@ def get_preprocessed_window(stage):
 
 
 def get_pca_sample(wildcards):
-    plan = PLANS[wildcards.recording]
-    margin = plan.margins["detect"]
-    chosen = CTX.sample_chunks(wildcards.recording, config["detect"]["pca_sample_chunks"])
-    needed = sorted({j for i in chosen for j in plan.neighbour_chunks(i, margin)})
-    return preprocessed_paths(wildcards.recording, needed)
+    recording = wildcards.recording
+    margin = PLANS[recording].margins["detect"]
+    chunks = chunks_for_segments(recording, pca_segments(recording), margin)
+    return preprocessed_paths(recording, chunks)
 
 
 def get_noise_chunks(wildcards):
-    """Two preprocessed chunks (evenly spread) to sample background noise from."""
-    chosen = CTX.sample_chunks(wildcards.recording, 2)
-    return preprocessed_paths(wildcards.recording, chosen)
-
-
-def get_pca_chunks(wildcards):
-    return CTX.sample_chunks(wildcards.recording, config["detect"]["pca_sample_chunks"])
+    """Preprocessed chunks holding the noise segments (template noise model)."""
+    recording = wildcards.recording
+    chunks = chunks_for_segments(recording, noise_segments(recording))
+    return preprocessed_paths(recording, chunks)
 
 
 def get_detected(wildcards):

@@ -10,7 +10,7 @@ rule feature_basis:
     params:
         recording=get_recording,
         plan=get_plan,
-        sample_chunks=get_pca_chunks,
+        segments=get_pca_segments,
         detect=config["detect"],
         seed=config["seed"],
         code=CODE_VERSION,

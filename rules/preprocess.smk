@@ -36,6 +36,7 @@ rule noise_stats:
         report="results/{recording}/bad_channels.tsv",
     params:
         recording=get_recording,
+        segments=get_noise_segments,
         preprocess=config["preprocess"],
         code=CODE_VERSION,
     log:
@@ -57,6 +58,7 @@ rule whitening:
         whitening="results/{recording}/preprocess/whitening.h5",
     params:
         recording=get_recording,
+        segments=get_noise_segments,
         preprocess=config["preprocess"],
         code=CODE_VERSION,
     log:

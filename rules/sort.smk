@@ -79,6 +79,7 @@ rule templates:
         detect=config["detect"],
         templates=config["templates"],
         threshold=config["detect"]["threshold"],
+        segments=get_noise_segments,
         seed=config["seed"],
         code=CODE_VERSION,
     log:

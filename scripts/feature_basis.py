@@ -27,11 +27,8 @@ mask = neighbour_mask(positions, radius_um=det["radius_um"])
 neighbours = nearest_neighbours(positions, n_neighbours=min(det["n_neighbours"], len(positions)))
 
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
-chunk_len = plan["chunk_samples"]
 waveforms = []
-for index in snakemake.params.sample_chunks:
-    start = index * chunk_len
-    stop = min(plan["n_samples"], start + chunk_len)
+for start, stop in snakemake.params.segments:  # absolute, independent of chunking
     window = rec.get_traces(start - margin, stop + margin, pad="zero")
     peaks = detect_peaks(
         window,

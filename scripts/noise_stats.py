@@ -17,7 +17,12 @@ spec = snakemake.params.recording
 pre = snakemake.params.preprocess
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 
-sample = load_noise_sample(snakemake.input.filtered, n_channels=spec["n_channels"])
+sample = load_noise_sample(
+    snakemake.input.filtered,
+    n_channels=spec["n_channels"],
+    n_samples=spec["n_samples"],
+    segments=snakemake.params.segments,
+)
 log.info("noise sample: %d samples x %d channels", *sample.shape)
 labels, raw_scales = detect_bad_channels(
     sample,

@@ -3,7 +3,7 @@
 import numpy as np
 
 from shardsort.deconvolve import prepare_templates
-from shardsort.io.arrays import read_array, read_sidecar
+from shardsort.io.arrays import ChunkedRecording
 from shardsort.jobs import job_logger, read_npz, write_h5, write_npz
 from shardsort.templates import (
     align_templates,
@@ -31,13 +31,13 @@ n_clusters = len(counts)
 
 # Background-noise windows: how each template's matching score varies on
 # noise alone (the noise is band-limited and spatially correlated).
+noise_rec = ChunkedRecording(snakemake.input.noise_chunks, n_samples=spec["n_samples"])
 windows = []
-for i, path in enumerate(snakemake.input.noise_chunks):
-    scale = float(read_sidecar(path).get("scale", 1.0))
-    traces = np.asarray(read_array(path), dtype=np.float32) * scale
+for i, (start, stop) in enumerate(snakemake.params.segments):
+    traces = noise_rec.get_traces(start, stop)
     windows.append(
         sample_noise_windows(
-            traces, n_windows=1000, window_samples=pre + post,
+            traces, n_windows=250, window_samples=pre + post,
             threshold=snakemake.params.threshold, seed=snakemake.params.seed + i,
         )
     )

@@ -20,7 +20,12 @@ good = noise["good_mask"].astype(bool)
 n_channels = spec["n_channels"]
 
 if pre["whiten"]:
-    sample = load_noise_sample(snakemake.input.filtered, n_channels=n_channels)
+    sample = load_noise_sample(
+        snakemake.input.filtered,
+        n_channels=n_channels,
+        n_samples=spec["n_samples"],
+        segments=snakemake.params.segments,
+    )
     referenced = common_reference(
         sample,
         mode=pre["reference"],

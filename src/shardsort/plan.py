@@ -102,7 +102,9 @@ class ShardPlan:
         }
 
 
-def modelled_peak_mb(*, chunk_samples: int, margin_samples: int, n_channels: int) -> float:
+def modelled_peak_mb(
+    *, chunk_samples: int, margin_samples: int, n_channels: int
+) -> float:
     """Modelled peak memory (MiB) of one per-chunk job (see module docstring)."""
     values = (chunk_samples + 2 * margin_samples) * n_channels
     return BASE_OVERHEAD_MB + BYTES_PER_VALUE * values / 2**20
@@ -134,7 +136,9 @@ def chunk_samples_for_budget(
     if chunk < quantum:
         need = math.ceil(
             modelled_peak_mb(
-                chunk_samples=quantum, margin_samples=margin_samples, n_channels=n_channels
+                chunk_samples=quantum,
+                margin_samples=margin_samples,
+                n_channels=n_channels,
             )
         )
         raise ValueError(
@@ -216,12 +220,30 @@ def make_plan(
     )
 
 
-def sample_chunks(n_chunks: int, n_wanted: int) -> list[int]:
-    """Deterministic, evenly spread sample of chunk indices (for global estimates)."""
-    if n_chunks < 1:
+def sample_segments(
+    n_samples: int, *, n_segments: int, segment_samples: int
+) -> list[tuple[int, int]]:
+    """Evenly spread ``[start, stop)`` segments for global estimates.
+
+    They depend on the recording length only, never on the chunking, so noise
+    statistics, whitening, the feature basis and the template noise model are
+    the same whatever ``shards.max_memory_mb`` is. Overlapping segments (a
+    short recording) are merged.
+    """
+    if n_samples < 1 or n_segments < 1 or segment_samples < 1:
         return []
-    n = min(n_chunks, max(1, n_wanted))
-    if n == n_chunks:
-        return list(range(n_chunks))
-    return sorted({int(round(i * (n_chunks - 1) / (n - 1))) if n > 1 else n_chunks // 2
-                   for i in range(n)})
+    length = min(segment_samples, n_samples)
+    free = n_samples - length
+    starts = sorted(
+        {int(round(i * free / max(n_segments - 1, 1))) for i in range(n_segments)}
+    )
+    if n_segments == 1:
+        starts = [free // 2]
+    merged: list[tuple[int, int]] = []
+    for start in starts:
+        stop = start + length
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged

@@ -1,4 +1,4 @@
-"""Deterministic samples of filtered chunks for the global estimates."""
+"""Deterministic samples of the recording for the global estimates."""
 
 from __future__ import annotations
 
@@ -7,38 +7,46 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .io.arrays import read_array, read_sidecar
+from .io.arrays import ChunkedRecording, read_sidecar
 
 #: At most this many values (samples x channels) are held for noise estimates.
 MAX_SAMPLE_VALUES = 32 * 2**20
 
 
 def load_noise_sample(
-    paths: Sequence[str], *, n_channels: int, max_values: int = MAX_SAMPLE_VALUES
+    paths: Sequence[str],
+    *,
+    n_channels: int,
+    n_samples: int,
+    segments: Sequence[Sequence[int]],
+    max_values: int = MAX_SAMPLE_VALUES,
 ) -> np.ndarray:
-    """Stitch sampled ``filter`` outputs into one (n, n_channels) float32 array.
+    """Stitch the ``filter`` outputs of absolute ``segments`` into one array.
 
-    ``paths`` are shard files of some time chunks (each covering a channel
-    range, sidecar attrs ``start_sample``, ``channel_start``). From each chunk
-    the first ``max_values / (n_chunks * n_channels)`` samples are kept, so
-    memory stays bounded whatever the chunk length or channel count.
+    ``paths`` are channel-shard x time-chunk files (sidecar attrs
+    ``start_sample``, ``channel_start``) covering the segments. Each segment is
+    cut to its first ``max_values / (n_segments * n_channels)`` samples, so
+    memory stays bounded; the result depends on the segments only, never on
+    how the recording was chunked or sharded.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, n_channels)
     """
-    by_chunk: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    by_shard: dict[int, list[str]] = defaultdict(list)
     for path in paths:
-        meta = read_sidecar(path)
-        by_chunk[int(meta["start_sample"])].append((int(meta["channel_start"]), path))
-    if not by_chunk:
+        by_shard[int(read_sidecar(path)["channel_start"])].append(path)
+    if not by_shard or not segments:
         return np.zeros((0, n_channels), dtype=np.float32)
-    per_chunk = max(1, max_values // (len(by_chunk) * n_channels))
+    shards = [ChunkedRecording(by_shard[c], n_samples=n_samples) for c in sorted(by_shard)]
+    if sum(s.n_channels for s in shards) != n_channels:
+        raise ValueError(
+            f"filtered shards cover {sum(s.n_channels for s in shards)} channels, "
+            f"expected {n_channels}"
+        )
+    per_segment = max(1, max_values // (len(segments) * n_channels))
     blocks = []
-    for start in sorted(by_chunk):
-        shards = sorted(by_chunk[start])
-        parts = [np.asarray(read_array(p)[:per_chunk]) for _, p in shards]
-        block = np.concatenate(parts, axis=1)
-        if block.shape[1] != n_channels:
-            raise ValueError(
-                f"chunk starting at sample {start}: shards cover {block.shape[1]} "
-                f"channels, expected {n_channels}"
-            )
-        blocks.append(block)
+    for start, stop in segments:
+        stop = min(stop, start + per_segment)
+        blocks.append(np.concatenate([s.get_traces(start, stop) for s in shards], axis=1))
     return np.ascontiguousarray(np.concatenate(blocks, axis=0), dtype=np.float32)

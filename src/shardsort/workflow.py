@@ -21,6 +21,10 @@ DEMO_GEOMETRY = f"{DEMO_DIR}/geometry.npy"
 DEMO_GROUND_TRUTH = f"{DEMO_DIR}/ground_truth.npz"
 
 
+#: Length of each segment sampled for global estimates (noise, whitening, PCA).
+SAMPLE_SEGMENT_S = 2.0
+
+
 class ConfigError(ValueError):
     """A configuration value that the schema accepts but the science does not."""
 
@@ -108,8 +112,14 @@ class Context:
     recordings: dict[str, RecordingSpec]
     plans: dict[str, planmod.ShardPlan]
 
-    def sample_chunks(self, recording: str, n_wanted: int) -> list[int]:
-        return planmod.sample_chunks(self.plans[recording].n_chunks, n_wanted)
+    def segments(self, recording: str, n_segments: int) -> list[tuple[int, int]]:
+        """Evenly spread absolute segments (independent of the chunking)."""
+        plan = self.plans[recording]
+        return planmod.sample_segments(
+            plan.n_samples,
+            n_segments=n_segments,
+            segment_samples=int(round(SAMPLE_SEGMENT_S * plan.sampling_rate_hz)),
+        )
 
     def spec_dict(self, recording: str) -> dict:
         """The recording's metadata as plain types (for rule params)."""

@@ -3,7 +3,7 @@
 import pytest
 
 from shardsort import plan as planmod
-from shardsort.plan import make_plan, modelled_peak_mb, sample_chunks
+from shardsort.plan import make_plan, modelled_peak_mb, sample_segments
 
 MARGINS = {"filter": 900, "detect": 100, "deconvolve": 300}
 
@@ -115,10 +115,13 @@ def test_bad_arguments(kw, match):
         _plan(**kw)
 
 
-def test_sample_chunks_is_deterministic_and_spread():
-    assert sample_chunks(10, 3) == [0, 4, 9] or sample_chunks(10, 3) == [0, 5, 9]
-    assert sample_chunks(10, 3) == sample_chunks(10, 3)
-    assert sample_chunks(4, 10) == [0, 1, 2, 3]
-    assert sample_chunks(1, 1) == [0]
-    assert sample_chunks(0, 3) == []
-    assert len(sample_chunks(100, 8)) == 8
+def test_sample_segments_depend_on_the_recording_only():
+    segs = sample_segments(30000 * 100, n_segments=5, segment_samples=60000)
+    assert segs[0] == (0, 60000) and segs[-1] == (30000 * 100 - 60000, 30000 * 100)
+    assert len(segs) == 5
+    assert all(b - a == 60000 for a, b in segs)
+    # a short recording: segments overlap and merge into one
+    assert sample_segments(50000, n_segments=4, segment_samples=60000) == [(0, 50000)]
+    assert sample_segments(0, n_segments=4, segment_samples=10) == []
+    one = sample_segments(1000, n_segments=1, segment_samples=100)
+    assert one == [(450, 550)]
