@@ -679,8 +679,13 @@ def test_chunked_recording_partial_run_of_chunks(tmp_path):
     mid = ChunkedRecording(paths[1:3], n_samples=100)
     assert mid.n_samples == 100
     np.testing.assert_array_equal(mid.get_traces(30, 70), full[30:70])
-    with pytest.raises(ValueError, match=r"hold only \[25, 75\)"):
+    with pytest.raises(ValueError, match=r"do not hold them all"):
         mid.get_traces(20, 40)
+    gappy = ChunkedRecording([paths[0], paths[2]], n_samples=100)
+    np.testing.assert_array_equal(gappy.get_traces(5, 20), full[5:20])
+    np.testing.assert_array_equal(gappy.get_traces(55, 70), full[55:70])
+    with pytest.raises(ValueError, match=r"needs samples \[20, 55\)"):
+        gappy.get_traces(20, 55)
     last = ChunkedRecording(paths[2:], n_samples=100)
     window = last.get_traces(90, 110)
     np.testing.assert_array_equal(window[:10], full[90:])

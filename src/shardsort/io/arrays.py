@@ -343,10 +343,10 @@ class ChunkedRecording:
     paths : sequence of str or os.PathLike
         Chunk data files, in any order (they are sorted by ``start_sample``).
     n_samples : int, optional
-        Length of the whole recording. When given, ``paths`` may be a
-        contiguous run of chunks anywhere in it (a job reads only the chunks
-        around its own); reading samples inside the recording but outside
-        that run raises ``ValueError``. When omitted, the chunks must tile
+        Length of the whole recording. When given, ``paths`` may be any
+        subset of the chunks (a job reads only the chunks around its own, or
+        a sample of them); reading samples inside the recording that no given
+        chunk holds raises ``ValueError``. When omitted, the chunks must tile
         ``[0, n_samples)`` from sample 0.
 
     Raises
@@ -362,8 +362,8 @@ class ChunkedRecording:
     sampling_rate_hz : float or None
     paths : tuple of str
         Chunk files sorted by start sample.
-    starts : numpy.ndarray of int64
-        Start sample of each chunk, plus ``n_samples`` as a final element.
+    starts, stops : numpy.ndarray of int64
+        First and one-past-last sample of each chunk.
     """
 
     def __init__(self, paths: Sequence[PathLike], *, n_samples: int | None = None) -> None:
@@ -403,7 +403,8 @@ class ChunkedRecording:
                     f"sampling_rate_hz={meta.get('sampling_rate_hz')}, "
                     f"expected {self.sampling_rate_hz} as in {first_path!r}"
                 )
-            if start != expected_start:
+            gap_allowed = n_samples is not None and start > expected_start
+            if start != expected_start and not gap_allowed:
                 kind = "gap" if start > expected_start else "overlap"
                 raise ValueError(
                     f"chunks do not tile the recording: {kind} between {previous} "
@@ -423,9 +424,8 @@ class ChunkedRecording:
                 f"chunks end at sample {expected_start}, beyond n_samples={n_samples}"
             )
         self.n_samples: int = int(n_samples)
-        self.starts = np.array(
-            [start for start, _, _ in chunks] + [expected_start], dtype=np.int64
-        )
+        self.starts = np.array([start for start, _, _ in chunks], dtype=np.int64)
+        self.stops = self.starts + np.array([m["shape"][0] for _, _, m in chunks])
 
     @classmethod
     def from_directory(cls, directory: PathLike) -> ChunkedRecording:
@@ -489,15 +489,18 @@ class ChunkedRecording:
         lo, hi = max(start, 0), min(stop, self.n_samples)
         if lo >= hi:
             return out
-        if lo < self.covered[0] or hi > self.covered[1]:
+        overlapping = np.flatnonzero((self.starts < hi) & (self.stops > lo))
+        held = sum(
+            min(hi, int(self.stops[i])) - max(lo, int(self.starts[i])) for i in overlapping
+        )
+        if held < hi - lo:
             raise ValueError(
                 f"window [{start}, {stop}) needs samples [{lo}, {hi}) but the chunks "
-                f"given hold only [{self.covered[0]}, {self.covered[1]})"
+                f"given do not hold them all (they cover {self.covered[0]} to "
+                f"{self.covered[1]}, with gaps where chunks were not given)"
             )
-        first = int(np.searchsorted(self.starts, lo, side="right")) - 1
-        last = int(np.searchsorted(self.starts, hi, side="left"))
-        for index in range(first, last):
-            c0, c1 = int(self.starts[index]), int(self.starts[index + 1])
+        for index in overlapping:
+            c0, c1 = int(self.starts[index]), int(self.stops[index])
             a, b = max(lo, c0), min(hi, c1)
             if a >= b:  # an empty chunk
                 continue
