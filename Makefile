@@ -50,7 +50,7 @@ PEERS_STAMP := $(VENV)/.peers-installed
 PEERS_TORCH ?= torch==2.13.0+cpu
 PEERS_ARGS ?=
 # Work-around for feature_basis on recordings of many chunks (see the file); empty it once fixed.
-PEERS_SHARDSORT_CONFIG ?= benchmarks/peers/pca_all_chunks.yaml
+PEERS_SHARDSORT_CONFIG ?= benchmarks/peers/sample_all_chunks.yaml
 
 .PHONY: bench-peers
 bench-peers: $(PEERS_STAMP)

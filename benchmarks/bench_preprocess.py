@@ -22,7 +22,16 @@ FULL_SIZES = ((64, 60.0), (384, 30.0))
 QUICK_SIZES = ((64, 10.0), (384, 5.0))
 
 
-def _worker(impl: str, recording, out: Path, chunk_s: float) -> dict:
+def _worker(ctx: Context, impl: str, recording, chunk_s: float, rep: int) -> dict:
+    """One measurement in its own process (or its cached result with --reuse)."""
+    cache = ctx.work / "preprocess_runs.jsonl"
+    key = f"{impl}|{recording.name}|{chunk_s:g}|{rep}"
+    if ctx.reuse and cache.exists():
+        for line in cache.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["key"] == key:
+                return entry["result"]
+    out = ctx.work / "preprocess_out"
     cmd = [
         sys.executable,
         str(WORKER),
@@ -39,7 +48,10 @@ def _worker(impl: str, recording, out: Path, chunk_s: float) -> dict:
     out.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(cache, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": key, "result": result}) + "\n")
+    return result
 
 
 def _best(runs: list[dict]) -> dict:
@@ -81,14 +93,13 @@ def run(ctx: Context) -> list[Table]:
             f"preprocess: {label} ({recording.raw_mb:.0f} MB), chunks of {chunk_s:g} s"
         )
         _warm_cache(recording.path)
-        out = ctx.work / "preprocess_out"
         runs: dict[str, list[dict]] = {"ours": [], "si": []}
         for rep in range(ctx.reps):
             for impl in ("ours", "si") if rep % 2 == 0 else ("si", "ours"):
-                runs[impl].append(_worker(impl, recording, out, chunk_s))
+                runs[impl].append(_worker(ctx, impl, recording, chunk_s, rep))
                 ctx.log(f"  {impl}: {runs[impl][-1]}")
         filters = _best(
-            [_worker("filter", recording, out, chunk_s) for _ in range(ctx.reps)]
+            [_worker(ctx, "filter", recording, chunk_s, rep) for rep in range(ctx.reps)]
         )
         ctx.log(f"  filter: {filters}")
 

@@ -83,6 +83,10 @@ def sort_recording(
     The result is also written to ``run.json`` in the run's folder.
     """
     workdir = ctx.work / folder / recording.name
+    previous = workdir / "run.json"
+    if ctx.reuse and previous.exists():
+        ctx.log(f"sort {recording.name}: reusing {previous}")
+        return json.loads(previous.read_text())
     shutil.rmtree(workdir, ignore_errors=True)
     table = write_table(workdir / "recordings.tsv", [recording])
     ctx.log(f"sort {recording.name}: dry run")

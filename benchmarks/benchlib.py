@@ -79,9 +79,9 @@ class Context:
     keep_data: bool  # keep the large generated recordings after use
     scale_minutes: tuple[float, ...]  # durations of the 384-channel scale runs
     wide_minutes: float  # duration of the 1,024-channel run (0: skip)
-    errors: list[str] = field(
-        default_factory=list
-    )  # failures that did not stop a section
+    reuse: bool = False  # reuse finished measurements and sorts found in work/
+    #: Failures that did not stop a section (a failed sort, for example).
+    errors: list[str] = field(default_factory=list)
 
     @property
     def data(self) -> Path:

@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default 0.25; 0 with --quick)",
     )
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the measurements and sorts a previous (interrupted) run left "
+        "in the work folder instead of redoing them",
+    )
+    parser.add_argument(
         "--keep-data",
         action="store_true",
         help="keep the large generated recordings in benchmarks/work",
@@ -132,6 +138,7 @@ def make_context(args: argparse.Namespace) -> Context:
         config=load_config(),
         reps=args.reps or (1 if quick else 2),
         keep_data=args.keep_data,
+        reuse=args.reuse,
         scale_minutes=args.scale_minutes or ((0.1, 0.2) if quick else (1.0, 2.0)),
         wide_minutes=args.wide_minutes
         if args.wide_minutes is not None
