@@ -208,7 +208,11 @@ def benchmark_one(
             files.name, sorter.label, version, "not installed", note=missing
         ), []
     timeout_s = args.timeout_min * 60.0
-    if args.reuse and (output / MEASUREMENT_FILE).exists():
+    if args.score_only and not (output / MEASUREMENT_FILE).exists():
+        note = f"no finished run in {output}"
+        print(f"{sorter.label} on {files.name}: not run", flush=True)
+        return row_from(files.name, sorter.label, version, "not run", note=note), []
+    if (args.reuse or args.score_only) and (output / MEASUREMENT_FILE).exists():
         measurement = Measurement(**json.loads((output / MEASUREMENT_FILE).read_text()))
     else:
         print(f"{sorter.label} on {files.name} ...", flush=True)
@@ -295,7 +299,7 @@ def run_note(
     *, reused: bool, load_before: tuple, generate_s: float, total_s: float
 ) -> str:
     """How long the benchmark took and how busy the machine was."""
-    if reused:
+    if reused:  # --reuse or --score-only
         return (
             "Table rebuilt from runs finished earlier (`--reuse`); the machine's load "
             "during those runs is not recorded, compare CPU times."
@@ -343,6 +347,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reuse",
         action="store_true",
         help="keep finished runs found in the work folder (rescore only)",
+    )
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="like --reuse, but list missing runs as 'not run' instead of running them",
     )
     parser.add_argument(
         "--shardsort-configfile",
@@ -413,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         n_jobs=args.n_jobs,
         note=args.note,
         run_note=run_note(
-            reused=args.reuse,
+            reused=args.reuse or args.score_only,
             load_before=load_before,
             generate_s=generate_s,
             total_s=time.perf_counter() - started,

@@ -45,7 +45,7 @@ class Row:
     recording: str
     sorter: str
     version: str
-    status: str  # ok | failed | timeout | not installed
+    status: str  # ok | failed | timeout | not installed | not run
     note: str = ""
     wall_s: float = math.nan
     cpu_s: float = math.nan
