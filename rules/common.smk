@@ -7,6 +7,7 @@ from shardsort.workflow import (
     DEMO_PATH,
     load_context,
 )
+from shardsort.preprocess import design_bandpass
 
 CTX = load_context(config)
 RECORDINGS = CTX.recordings
@@ -87,6 +88,24 @@ def get_band(wildcards):
     """Only the band-pass settings: other preprocessing keys do not refilter."""
     pre = config["preprocess"]
     return {k: pre[k] for k in ("freq_min_hz", "freq_max_hz", "filter_order")}
+
+
+def get_sos(wildcards):
+    """Second-order sections of the band-pass, designed once here so that the
+    per-chunk filter jobs need not import scipy.signal (about 1 s each)."""
+    rate = PLANS[wildcards.recording].sampling_rate_hz
+    if rate not in _SOS:
+        sos = design_bandpass(
+            sampling_rate_hz=rate,
+            freq_min_hz=config["preprocess"]["freq_min_hz"],
+            freq_max_hz=config["preprocess"]["freq_max_hz"],
+            order=config["preprocess"]["filter_order"],
+        )
+        _SOS[rate] = [[float(v) for v in row] for row in sos]
+    return _SOS[rate]
+
+
+_SOS = {}
 
 
 def get_margin(stage):

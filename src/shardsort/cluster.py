@@ -42,8 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import isotonic_regression
-from scipy.stats import chi2
+from scipy.special import chdtri
 from threadpoolctl import threadpool_limits
 
 #: Fewest subsampled spikes a child node may keep (the floor of
@@ -790,7 +789,7 @@ def _triage(
     """
     if settings.triage_quantile >= 1.0:
         return clusters
-    limit = chi2.ppf(settings.triage_quantile, df=x.shape[1])
+    limit = chdtri(x.shape[1], 1.0 - settings.triage_quantile)  # chi2 quantile
     triaged = clusters.copy()
     for cluster in np.unique(clusters[clusters >= 0]):
         rows = np.flatnonzero(clusters == cluster)
@@ -882,12 +881,30 @@ def _unimodal_fit(
     split = int(np.argmin(total))
     fit = np.empty_like(values)
     if split:
-        fit[:split] = isotonic_regression(values[:split], weights=weights[:split]).x
+        fit[:split] = _isotonic_fit(values[:split], weights[:split])
     if split < values.size:
-        fit[split:] = isotonic_regression(
-            values[split:], weights=weights[split:], increasing=False
-        ).x
+        fit[split:] = _isotonic_fit(values[split:][::-1], weights[split:][::-1])[::-1]
     return fit
+
+
+def _isotonic_fit(
+    values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    block_weight: list[float] = []
+    block_sum: list[float] = []
+    block_size: list[int] = []
+    for value, weight in zip(values.tolist(), weights.tolist()):
+        value_sum, size = weight * value, 1
+        while block_weight and block_sum[-1] * weight >= value_sum * block_weight[-1]:
+            weight += block_weight.pop()
+            value_sum += block_sum.pop()
+            size += block_size.pop()
+        block_weight.append(weight)
+        block_sum.append(value_sum)
+        block_size.append(size)
+    means = np.array(block_sum) / np.array(block_weight)
+    return np.repeat(means, block_size)
 
 
 def _prefix_isotonic_errors(

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 #: Upper bound on the number of float32 values gathered at once when summing
 #: snippets (about 16 MB), so memory stays flat on dense chunks.
@@ -666,6 +664,9 @@ def merge_similar_templates(
     accepted = similar & close_in_size & (smaller > 0)
     np.fill_diagonal(accepted, False)
     first, second = np.nonzero(np.triu(accepted))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
     graph = coo_matrix(
         (np.ones(first.size), (first, second)), shape=(n_units, n_units)
     ).tocsr()
