@@ -30,6 +30,8 @@ All kernels are pure: arrays in, arrays out, no I/O and no global state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -234,17 +236,16 @@ def accumulate_templates(
 
 
 def reduce_templates(
-    sums: list[npt.NDArray[np.float64]],
-    counts: list[npt.NDArray[np.int64]],
+    parts: Iterable[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Turn per-chunk sums and counts into mean templates.
 
     Parameters
     ----------
-    sums : sequence of ndarray of float64, each (n_units, T, n_channels)
-        Outputs of :func:`accumulate_templates`, one per chunk.
-    counts : sequence of ndarray of int64, each (n_units,)
-        Matching spike counts.
+    parts : iterable of (sums, counts)
+        Outputs of :func:`accumulate_templates`, one per chunk: sums of shape
+        (n_units, T, n_channels), counts of shape (n_units,). Consumed one at
+        a time, so a generator keeps memory flat in the number of chunks.
 
     Returns
     -------
@@ -253,18 +254,17 @@ def reduce_templates(
     counts : ndarray of int64, shape (n_units,)
         Total number of snippets per unit.
     """
-    if len(sums) == 0 or len(sums) != len(counts):
-        raise ValueError(
-            "sums and counts must be non-empty sequences of equal length, "
-            f"got {len(sums)} and {len(counts)}"
-        )
-    total = np.zeros(np.shape(sums[0]), dtype=np.float64)
-    if total.ndim != 3:
-        raise ValueError(
-            f"sums must hold arrays shaped (n_units, T, n_channels), got {total.shape}"
-        )
-    total_counts = np.zeros(total.shape[0], dtype=np.int64)
-    for part_sums, part_counts in zip(sums, counts):
+    total = None
+    total_counts = None
+    for part_sums, part_counts in parts:
+        if total is None:
+            total = np.zeros(np.shape(part_sums), dtype=np.float64)
+            if total.ndim != 3:
+                raise ValueError(
+                    "sums must hold arrays shaped (n_units, T, n_channels), "
+                    f"got {total.shape}"
+                )
+            total_counts = np.zeros(total.shape[0], dtype=np.int64)
         if np.shape(part_sums) != total.shape:
             raise ValueError(
                 f"every sums array must have shape {total.shape}, "
@@ -272,6 +272,8 @@ def reduce_templates(
             )
         total += part_sums
         total_counts += _check_counts(part_counts, total.shape[0])
+    if total is None:
+        raise ValueError("parts must hold at least one (sums, counts) pair")
     divisor = np.maximum(total_counts, 1)[:, None, None]
     return (total / divisor).astype(np.float32), total_counts
 
@@ -711,10 +713,15 @@ def sample_noise_windows(
     *,
     n_windows: int,
     window_samples: int,
-    threshold: float,
+    threshold: float | None,
     seed: int,
 ) -> npt.NDArray[np.float32]:
-    """Background-noise windows: random windows in which no sample crosses ``threshold``.
+    """Background-noise windows: random windows, optionally free of threshold crossings.
+
+    Excluding windows with crossings biases the noise low, the more so the
+    more channels a window spans (with hundreds of channels few windows are
+    free of any crossing): :func:`noise_factors` uses a robust spread
+    instead, and the workflow passes ``threshold=None``.
 
     Parameters
     ----------
@@ -724,8 +731,9 @@ def sample_noise_windows(
         Windows wanted; fewer are returned if the traces hold fewer clean ones.
     window_samples : int
         Length of each window (the template length).
-    threshold : float
-        Windows containing any ``|value| > threshold`` are rejected.
+    threshold : float or None
+        Windows containing any ``|value| > threshold`` are rejected (None:
+        windows anywhere).
     seed : int
         Seed of the random window starts.
 
@@ -740,15 +748,18 @@ def sample_noise_windows(
         raise ValueError(f"window_samples must be >= 1, got {window_samples}")
     if n_windows < 0:
         raise ValueError(f"n_windows must be >= 0, got {n_windows}")
-    if threshold <= 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
+    if threshold is not None and threshold <= 0:
+        raise ValueError(f"threshold must be None or > 0, got {threshold}")
     n_starts = x.shape[0] - window_samples + 1
     if n_starts < 1 or n_windows == 0:
         return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
-    loud = (np.abs(x) > threshold).any(axis=1).astype(np.int64)
-    # loud samples inside [s, s + window): a running sum over the window
-    csum = np.concatenate([[0], np.cumsum(loud)])
-    clean = np.flatnonzero(csum[window_samples:] - csum[: n_starts] == 0)
+    if threshold is None:
+        clean = np.arange(n_starts)
+    else:
+        loud = (np.abs(x) > threshold).any(axis=1).astype(np.int64)
+        # loud samples inside [s, s + window): a running sum over the window
+        csum = np.concatenate([[0], np.cumsum(loud)])
+        clean = np.flatnonzero(csum[window_samples:] - csum[:n_starts] == 0)
     if clean.size == 0:
         return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(seed)
@@ -760,6 +771,9 @@ def noise_factors(
     templates: npt.ArrayLike, noise_windows: npt.ArrayLike
 ) -> npt.NDArray[np.float32]:
     """Variance of each template's projection on noise, over its squared norm.
+
+    The variance is robust (squared 1.4826 x median absolute deviation), so
+    that the few windows holding spikes do not inflate it.
 
     White noise of unit variance gives 1; band-limited, spatially correlated
     noise gives more for templates shaped like the noise. Dividing a matching
@@ -777,7 +791,7 @@ def noise_factors(
         Factors (>= a small floor); 1 for all-zero templates.
     """
     w = np.asarray(templates, dtype=np.float64)
-    noise = np.asarray(noise_windows, dtype=np.float64)
+    noise = np.asarray(noise_windows)
     if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
         raise ValueError(
             f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
@@ -786,8 +800,17 @@ def noise_factors(
     if noise.shape[0] < 2:
         raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
     flat_w = w.reshape(len(w), -1)
-    projections = noise.reshape(len(noise), -1) @ flat_w.T  # (n_windows, n_units)
-    variance = projections.var(axis=0)
+    flat_noise = noise.reshape(len(noise), -1)
+    # Blocks of windows: no float64 copy of all windows (hundreds of MB for
+    # a thousand channels).
+    projections = np.concatenate(
+        [
+            flat_noise[i : i + 128].astype(np.float64) @ flat_w.T
+            for i in range(0, len(flat_noise), 128)
+        ]
+    )  # (n_windows, n_units)
+    centred = projections - np.median(projections, axis=0)
+    variance = (1.4826 * np.median(np.abs(centred), axis=0)) ** 2
     norms = (flat_w**2).sum(axis=1)
     factors = np.divide(variance, norms, out=np.ones_like(variance), where=norms > 0)
     return np.maximum(factors, 1e-3).astype(np.float32)
