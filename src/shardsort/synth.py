@@ -401,13 +401,19 @@ def _unit_templates(
     shape = _waveform_function(draw)
     shifts = np.atleast_1d(np.asarray(shifts_um, dtype=np.float64))
     templates = np.zeros((len(shifts), n_times, params.n_channels), np.float32)
+    # The field is fixed around the soma: amplitude and delay are laws of the
+    # distance, normalised at the nearest channel of the unmoved unit, so a
+    # moved unit's template samples the same field at other points.
+    nearest = np.sqrt(
+        np.sum((positions - draw.soma_um[:2]) ** 2, axis=1) + draw.soma_um[2] ** 2
+    ).min()
     for template, shift in zip(templates, shifts):
         soma = draw.soma_um + np.array([0.0, shift, 0.0])
         distance = np.sqrt(np.sum((positions - soma[:2]) ** 2, axis=1) + soma[2] ** 2)
-        extra = distance - distance.min()
+        extra = distance - nearest
         footprint = (
             draw.peak_amplitude_uv
-            * distance.min()
+            * nearest
             / distance
             * np.exp(-extra / params.footprint_decay_um)
         )
