@@ -52,7 +52,7 @@ from .detect import detect_peaks, extract_snippets, localize_spikes
 #: Peaks are weighted by ``log(1 + |amplitude|)`` in steps of ``1 / WEIGHT_SCALE``.
 WEIGHT_SCALE = 256
 #: Border handling of :func:`correct_motion`.
-BORDER_MODES = ("zero", "nearest")
+BORDER_MODES = ("nearest", "zero")
 #: Ridge added to the kriging kernel matrix (relative to its unit diagonal).
 KRIGING_RIDGE = 0.01
 #: Source channels farther than this many ``sigma_um`` from a target are left out.
@@ -629,7 +629,7 @@ def interpolation_matrix(
     *,
     sigma_um: float,
     good_mask: npt.ArrayLike | None = None,
-    border: str = "zero",
+    border: str = "nearest",
 ) -> sparse.csr_matrix:
     """Sparse kriging matrix that reads each channel at its displaced position.
 
@@ -648,10 +648,11 @@ def interpolation_matrix(
     sigma_um : float
         Kernel width (> 0), about the channel pitch.
     good_mask : array_like of bool, shape (n_channels,), optional
-    border : {"zero", "nearest"}
+    border : {"nearest", "zero"}
         A target beyond the probe (the channels' depth range widened by half
-        the row pitch) is set to zero (``"zero"``) or read at the nearest depth
-        inside it (``"nearest"``).
+        the row pitch) is read at the nearest depth inside it (``"nearest"``:
+        a unit near the end stays visible, smeared over the end rows) or set
+        to zero (``"zero"``: those channels go blank while they are out).
 
     Returns
     -------
@@ -713,7 +714,7 @@ def correct_motion(
     positions_um: npt.ArrayLike,
     sigma_um: float,
     good_mask: npt.ArrayLike | None = None,
-    border: str = "zero",
+    border: str = "nearest",
 ) -> npt.NDArray[np.float32]:
     """Move the traces of samples ``[start_sample, start_sample + n)`` back by their drift.
 

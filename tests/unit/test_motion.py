@@ -388,7 +388,7 @@ def test_empty_and_malformed_traces():
     kwargs = dict(start_sample=0, displacement_um=np.zeros((2, 4)), bin_samples=10,
                   positions_um=positions, sigma_um=20.0)
     assert correct_motion(np.zeros((0, 4), np.float32), **kwargs).shape == (0, 4)
-    with pytest.raises(ValueError, match=r"displacement_um must have shape \(n_time_bins >= 1, 3\)"):
+    with pytest.raises(ValueError, match=r"must have shape \(n_time_bins >= 1, 3\)"):
         correct_motion(np.zeros((5, 3), np.float32), **kwargs)
     with pytest.raises(ValueError, match="start_sample must be >= 0"):
         correct_motion(np.zeros((5, 4), np.float32), **{**kwargs, "start_sample": -1})
