@@ -17,6 +17,8 @@ LOGS = "results/{recording}/logs"
 BENCH = "results/{recording}/benchmarks"
 # Rerun a stage when the package's version (and so its kernels) changes.
 CODE_VERSION = shardsort.__version__
+# Drift correction: when on, the sort reads motion-corrected chunks.
+MOTION = config["motion"]["enabled"]
 
 
 wildcard_constraints:
@@ -53,6 +55,8 @@ def get_final_outputs():
         ]
         if spec.ground_truth:
             outputs += [f"{base}/ground_truth.tsv", f"{base}/report/accuracy_vs_snr.png"]
+        if MOTION:
+            outputs += [f"{base}/motion/displacement.tsv", f"{base}/report/motion.png"]
     return outputs
 
 
@@ -170,8 +174,15 @@ def get_noise_sample_sidecars(wildcards):
     return [f"{p}.yaml" for p in get_noise_sample(wildcards)]
 
 
-def preprocessed_paths(recording, indices):
+def uncorrected_paths(recording, indices):
     return [f"{RESULTS}/{recording}/preprocess/chunks/t{i:05d}.bin" for i in indices]
+
+
+def preprocessed_paths(recording, indices):
+    """Chunks the sort reads: motion-corrected ones when motion.enabled."""
+    if MOTION:
+        return [f"{RESULTS}/{recording}/motion/chunks/t{i:05d}.bin" for i in indices]
+    return uncorrected_paths(recording, indices)
 
 
 def get_preprocessed_window(stage):
@@ -183,6 +194,49 @@ def get_preprocessed_window(stage):
         return preprocessed_paths(wildcards.recording, needed)
 
     return paths
+
+
+def get_uncorrected_window(stage):
+    """Preprocessed chunks before drift correction around one chunk, margin included."""
+
+    def paths(wildcards):
+        plan = PLANS[wildcards.recording]
+        needed = plan.neighbour_chunks(int(wildcards.chunk), plan.margins[stage])
+        return uncorrected_paths(wildcards.recording, needed)
+
+    return paths
+
+
+def get_motion_histograms(wildcards):
+    return expand(
+        "results/{recording}/motion/peaks/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_settings(section, keys):
+    """Only ``keys`` of a config section: other keys do not rerun the rule."""
+    return {k: config[section][k] for k in keys}
+
+
+#: The motion settings each motion stage depends on.
+MOTION_PEAK_KEYS = ("peak_threshold", "time_bin_s", "depth_bin_um")
+MOTION_PEAK_DETECT_KEYS = ("exclude_ms", "radius_um", "n_neighbours", "ms_before", "ms_after")
+MOTION_ESTIMATE_KEYS = (
+    "rigid",
+    "time_bin_s",
+    "depth_bin_um",
+    "max_displacement_um",
+    "edge_um",
+    "window_step_um",
+    "window_sigma_um",
+    "min_correlation",
+    "time_horizon_s",
+    "robust_iterations",
+    "smoothing_s",
+)
+MOTION_CORRECT_KEYS = ("interpolation_sigma_um", "border")
 
 
 def get_pca_sample(wildcards):
