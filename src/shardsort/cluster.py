@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import chdtri
 from threadpoolctl import threadpool_limits
 
 #: Fewest subsampled spikes a child node may keep (the floor of
@@ -789,7 +788,7 @@ def _triage(
     """
     if settings.triage_quantile >= 1.0:
         return clusters
-    limit = chdtri(x.shape[1], 1.0 - settings.triage_quantile)  # chi2 quantile
+    limit = _chi2_quantile(settings.triage_quantile, x.shape[1])
     triaged = clusters.copy()
     for cluster in np.unique(clusters[clusters >= 0]):
         rows = np.flatnonzero(clusters == cluster)
@@ -885,6 +884,20 @@ def _unimodal_fit(
     if split < values.size:
         fit[split:] = _isotonic_fit(values[split:][::-1], weights[split:][::-1])[::-1]
     return fit
+
+
+def _chi2_quantile(q: float, df: int) -> float:
+    """Chi-square quantile by the Wilson-Hilferty approximation.
+
+    Relative error below 2 % for df >= 3 and below 0.2 % for df >= 30 at
+    q = 0.999 (the triage use);
+    avoids importing scipy.special (0.3 s per clustering job).
+    """
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(q)
+    a = 2.0 / (9.0 * df)
+    return float(df * (1.0 - a + z * np.sqrt(a)) ** 3)
 
 
 def _isotonic_fit(

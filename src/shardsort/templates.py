@@ -278,6 +278,54 @@ def reduce_templates(
     return (total / divisor).astype(np.float32), total_counts
 
 
+def sparsify_templates(
+    templates: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    *,
+    min_fraction: float = 0.1,
+    noise_ptp: float = 6.0,
+) -> npt.NDArray[np.float32]:
+    """Zero the channels where a mean template is only averaged noise.
+
+    A mean of ``n`` snippets of unit-variance noise keeps a peak-to-peak of
+    about ``noise_ptp / sqrt(n)`` on every channel. Summed over hundreds of
+    channels that residue dominates a small template's norm: it inflates
+    matched-filter SNRs (noise units look significant), lowers the cosine
+    between two copies of one unit (they are not merged) and costs
+    deconvolution time. A channel is kept when its peak-to-peak reaches both
+    ``min_fraction`` of the template's largest one and ``noise_ptp / sqrt(n)``.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+        Mean snippets in noise units.
+    counts : array_like of int, shape (n_units,)
+        Snippets averaged into each template.
+    min_fraction : float, optional
+        Fraction of the largest peak-to-peak, in [0, 1).
+    noise_ptp : float, optional
+        Peak-to-peak of one unit-noise snippet channel (>= 0).
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units, T, n_channels)
+        A copy with the other channels set to 0.
+    """
+    out = _check_templates(templates).copy()
+    counts = _check_counts(counts, out.shape[0])
+    _check_floor_fraction(min_fraction)
+    if not noise_ptp >= 0:
+        raise ValueError(f"noise_ptp must be >= 0, got {noise_ptp!r}")
+    if out.shape[0] == 0:
+        return out
+    ptp = out.max(axis=1) - out.min(axis=1)  # (n_units, n_channels)
+    floor = np.maximum(
+        min_fraction * ptp.max(axis=1), noise_ptp / np.sqrt(np.maximum(counts, 1))
+    )
+    out *= (ptp >= floor[:, None])[:, None, :]
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Per-template summaries
 # ---------------------------------------------------------------------------
@@ -590,11 +638,13 @@ def merge_similar_templates(
     A pair is accepted when its best cosine over shifts of up to
     ``max_shift_samples`` (see :func:`template_similarity`) is at least
     ``min_cosine`` and the ratio of the larger to the smaller amplitude
-    (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Accepted
-    pairs are joined transitively into groups. Each group keeps as reference
-    its member with the most spikes (the lowest index on ties); the other
-    members are shifted onto it along the accepted pairs and averaged with
-    weights equal to their spike counts.
+    (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Groups
+    are stars, not chains: in order of decreasing spike count (lowest index
+    on ties) each unassigned template becomes a reference and takes every
+    unassigned template accepted with it, so two distinct units are never
+    joined through a small, noisy template similar to both. Members are
+    shifted onto their reference and averaged with weights equal to their
+    spike counts.
 
     Parameters
     ----------
@@ -665,30 +715,28 @@ def merge_similar_templates(
         similar |= (cosine >= floor_cosine) & (difference <= max_difference)
     accepted = similar & close_in_size & (smaller > 0)
     np.fill_diagonal(accepted, False)
-    first, second = np.nonzero(np.triu(accepted))
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import breadth_first_order, connected_components
-
-    graph = coo_matrix(
-        (np.ones(first.size), (first, second)), shape=(n_units, n_units)
-    ).tocsr()
-    _, component = connected_components(graph, directed=False)
-
+    accepted |= accepted.T
+    # Star groups, not connected components: the unit with the most spikes
+    # takes every unassigned unit similar to it, then the next one. Chains
+    # through small, noisy templates (similar to two distinct units) would
+    # otherwise merge distinct neighbours.
+    shifts = np.zeros(n_units, dtype=np.int64)
+    owner = np.full(n_units, -1, dtype=np.int64)
+    for reference in np.lexsort((np.arange(n_units), -counts)):
+        if owner[reference] >= 0:
+            continue
+        owner[reference] = reference
+        joining = np.flatnonzero(accepted[reference] & (owner < 0))
+        owner[joining] = reference
+        shifts[joining] = lags[reference, joining]
+    component = owner
     new_templates = []
     new_counts = []
     groups: list[list[int]] = []
     mapping = np.zeros(n_units, dtype=np.int64)
-    shifts = np.zeros(n_units, dtype=np.int64)
     _, first_members = np.unique(component, return_index=True)
     for first_member in np.sort(first_members):
         members = np.flatnonzero(component == component[first_member])
-        reference = members[np.argmax(counts[members])]
-        order, predecessors = breadth_first_order(
-            graph, reference, directed=False, return_predecessors=True
-        )
-        for node in order[1:]:
-            parent = predecessors[node]
-            shifts[node] = shifts[parent] + lags[parent, node]
         weights = counts[members].astype(np.float64)
         if weights.sum() == 0:
             weights[:] = 1.0

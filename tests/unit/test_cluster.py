@@ -310,3 +310,13 @@ def test_isotonic_fit_equals_scipy():
         np.testing.assert_allclose(
             _isotonic_fit(values, weights), isotonic_regression(values, weights=weights).x
         )
+
+
+def test_chi2_quantile_close_to_scipy():
+    from scipy.stats import chi2
+
+    from shardsort.cluster import _chi2_quantile
+
+    for df in (3, 5, 10, 30, 60):
+        for q in (0.99, 0.999):
+            assert _chi2_quantile(q, df) == pytest.approx(chi2.ppf(q, df), rel=2e-2)
