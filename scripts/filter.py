@@ -18,7 +18,7 @@ hi = min(rec.n_samples, chunk["stop"] + margin)
 sos = np.asarray(snakemake.params.sos, dtype=np.float64)
 # Channel blocks keep the peak at the output plus a few copies of one block
 # (the filter's temporaries are ~4 float32 copies of its input).
-block_channels = 16
+block_channels = 32
 n_shard = shard["channel_stop"] - shard["channel_start"]
 filtered = np.empty((chunk["stop"] - chunk["start"], n_shard), np.float32)
 for first in range(shard["channel_start"], shard["channel_stop"], block_channels):
