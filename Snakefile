@@ -20,6 +20,7 @@ include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/detect.smk"
 include: "rules/sort.smk"
+include: "rules/nn.smk"
 include: "rules/outputs.smk"
 include: "rules/report.smk"
 
