@@ -18,6 +18,7 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
+include: "rules/motion.smk"
 include: "rules/detect.smk"
 include: "rules/sort.smk"
 include: "rules/nn.smk"

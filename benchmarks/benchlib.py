@@ -513,6 +513,7 @@ def remove_bulk(results: Path) -> None:
     for sub in (
         "preprocess/chunks",
         "preprocess/filtered",
+        "motion/chunks",
         "detect",
         "deconvolve",
         "templates",

@@ -9,6 +9,7 @@ from shardsort.workflow import (
     load_context,
     nn_model_dir,
 )
+from shardsort.preprocess import design_bandpass
 
 CTX = load_context(config)
 RECORDINGS = CTX.recordings
@@ -23,6 +24,8 @@ CODE_VERSION = shardsort.__version__
 NN = config["detect"]["method"] == "nn"
 # Folder of a fixed model (detector/ and triage/), or None: trained per recording.
 NN_MODEL_DIR = nn_model_dir(config) if NN else None
+# Drift correction: when on, the sort reads motion-corrected chunks.
+MOTION = config["motion"]["enabled"]
 
 
 wildcard_constraints:
@@ -59,6 +62,8 @@ def get_final_outputs():
         ]
         if spec.ground_truth:
             outputs += [f"{base}/ground_truth.tsv", f"{base}/report/accuracy_vs_snr.png"]
+        if MOTION:
+            outputs += [f"{base}/motion/displacement.tsv", f"{base}/report/motion.png"]
     return outputs
 
 
@@ -104,6 +109,22 @@ def get_detect_settings(wildcards):
         for k, v in config["detect"].items()
         if k not in ("method", "nn_model")
     }
+def get_sos(wildcards):
+    """Second-order sections of the band-pass, designed once here so that the
+    per-chunk filter jobs need not import scipy.signal (about 1 s each)."""
+    rate = PLANS[wildcards.recording].sampling_rate_hz
+    if rate not in _SOS:
+        sos = design_bandpass(
+            sampling_rate_hz=rate,
+            freq_min_hz=config["preprocess"]["freq_min_hz"],
+            freq_max_hz=config["preprocess"]["freq_max_hz"],
+            order=config["preprocess"]["filter_order"],
+        )
+        _SOS[rate] = [[float(v) for v in row] for row in sos]
+    return _SOS[rate]
+
+
+_SOS = {}
 
 
 def get_margin(stage):
@@ -168,8 +189,15 @@ def get_noise_sample_sidecars(wildcards):
     return [f"{p}.yaml" for p in get_noise_sample(wildcards)]
 
 
-def preprocessed_paths(recording, indices):
+def uncorrected_paths(recording, indices):
     return [f"{RESULTS}/{recording}/preprocess/chunks/t{i:05d}.bin" for i in indices]
+
+
+def preprocessed_paths(recording, indices):
+    """Chunks the sort reads: motion-corrected ones when motion.enabled."""
+    if MOTION:
+        return [f"{RESULTS}/{recording}/motion/chunks/t{i:05d}.bin" for i in indices]
+    return uncorrected_paths(recording, indices)
 
 
 def get_preprocessed_window(stage):
@@ -181,6 +209,49 @@ def get_preprocessed_window(stage):
         return preprocessed_paths(wildcards.recording, needed)
 
     return paths
+
+
+def get_uncorrected_window(stage):
+    """Preprocessed chunks before drift correction around one chunk, margin included."""
+
+    def paths(wildcards):
+        plan = PLANS[wildcards.recording]
+        needed = plan.neighbour_chunks(int(wildcards.chunk), plan.margins[stage])
+        return uncorrected_paths(wildcards.recording, needed)
+
+    return paths
+
+
+def get_motion_histograms(wildcards):
+    return expand(
+        "results/{recording}/motion/peaks/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_settings(section, keys):
+    """Only ``keys`` of a config section: other keys do not rerun the rule."""
+    return {k: config[section][k] for k in keys}
+
+
+#: The motion settings each motion stage depends on.
+MOTION_PEAK_KEYS = ("peak_threshold", "time_bin_s", "depth_bin_um")
+MOTION_PEAK_DETECT_KEYS = ("exclude_ms", "radius_um", "n_neighbours", "ms_before", "ms_after")
+MOTION_ESTIMATE_KEYS = (
+    "rigid",
+    "time_bin_s",
+    "depth_bin_um",
+    "max_displacement_um",
+    "edge_um",
+    "window_step_um",
+    "window_sigma_um",
+    "min_correlation",
+    "time_horizon_s",
+    "robust_iterations",
+    "smoothing_s",
+)
+MOTION_CORRECT_KEYS = ("interpolation_sigma_um", "border")
 
 
 def get_pca_sample(wildcards):

@@ -14,6 +14,7 @@ rule filter:
         shard=get_shard,
         margin_samples=get_margin("filter"),
         band=get_band,
+        sos=get_sos,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

@@ -78,7 +78,6 @@ rule templates:
         recording=get_recording,
         detect=get_detect_settings,
         templates=config["templates"],
-        threshold=config["detect"]["threshold"],
         segments=get_noise_segments,
         seed=config["seed"],
         code=CODE_VERSION,
@@ -105,6 +104,7 @@ rule deconvolve:
         chunk=get_chunk,
         margin_samples=get_margin("deconvolve"),
         deconvolve=config["deconvolve"],
+        max_memory_mb=config["shards"]["max_memory_mb"],
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

@@ -22,16 +22,28 @@ pre, post = int(tpl["attrs"]["pre_samples"]), int(tpl["attrs"]["post_samples"])
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
 window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
 basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
-spikes = deconvolve_chunk(
-    window,
-    basis,
-    core_start=margin,
-    core_stop=margin + chunk["stop"] - chunk["start"],
-    threshold=cfg["threshold"],
-    amplitude_min=cfg["amplitude_min"],
-    amplitude_max=cfg["amplitude_max"],
-    refractory_samples=ms_to_samples(cfg["refractory_ms"], rate),
-)
+# The matching objective holds one value per sample and unit: long chunks with
+# many units are matched in sub-blocks of the core, each with the full margin
+# on both sides (so the result equals matching the whole chunk at once).
+core = chunk["stop"] - chunk["start"]
+budget_bytes = 0.4 * snakemake.params.max_memory_mb * 2**20
+sub = max(4 * basis.n_samples, int(budget_bytes // (16 * max(basis.n_units, 1))))
+parts = []
+for first in range(0, core, sub):
+    last = min(first + sub, core)
+    part = deconvolve_chunk(
+        window[first : last + 2 * margin],
+        basis,
+        core_start=margin,
+        core_stop=margin + last - first,
+        threshold=cfg["threshold"],
+        amplitude_min=cfg["amplitude_min"],
+        amplitude_max=cfg["amplitude_max"],
+        refractory_samples=ms_to_samples(cfg["refractory_ms"], rate),
+    )
+    part["sample_index"] += first
+    parts.append(part)
+spikes = np.concatenate(parts)
 # Per-spike PC features on each unit's channels (phy's pc_features) and position.
 pc_channels = b["neighbours"][tpl["peak_channels"]] if len(tpl["peak_channels"]) else (
     np.zeros((0, b["neighbours"].shape[1]), dtype=np.int32)

@@ -6,6 +6,7 @@ from importlib import metadata
 import numpy as np
 import yaml
 
+from shardsort.curation import select_units
 from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
 from shardsort.tables import merge_event_tables
 from shardsort.templates import template_peak_channels, template_positions
@@ -23,12 +24,24 @@ spikes, kept = merge_event_tables([p["spikes"] for p in parts], keys=("sample_in
 pc_features = np.concatenate([p["pc_features"] for p in parts], axis=0)[kept]
 spike_positions = np.concatenate([p["positions_um"] for p in parts], axis=0)[kept]
 
-# Units with too few spikes are removed; the survivors are renumbered 0..K-1
-# in the order of their templates.
+# Units with too few spikes, too low a rate or a median amplitude far below 1
+# (noise templates) are removed; the survivors are renumbered 0..K-1 in the
+# order of their templates.
 templates = tpl["templates"]
 n_units_in = len(templates)
-counts = np.bincount(spikes["unit_index"], minlength=n_units_in)
-alive = counts >= snakemake.params.deconvolve["min_spikes"]
+dec = snakemake.params.deconvolve
+selection = select_units(
+    spikes["unit_index"],
+    spikes["amplitude"],
+    n_units=n_units_in,
+    duration_s=int(spec["n_samples"]) / float(spec["sampling_rate_hz"]),
+    min_spikes=dec["min_spikes"],
+    min_rate_hz=dec["min_rate_hz"],
+    min_median_amplitude=dec["min_median_amplitude"],
+)
+alive = selection.alive
+for unit in np.flatnonzero(~alive):
+    log.info("unit %d removed: %s", unit, selection.reasons[unit])
 renumber = np.full(n_units_in, -1, dtype=np.int32)
 renumber[alive] = np.arange(int(alive.sum()), dtype=np.int32)
 keep_spike = alive[spikes["unit_index"]] if len(spikes) else np.zeros(0, bool)
@@ -87,5 +100,4 @@ write_h5(
         "plan": json.dumps(snakemake.params.plan),
     },
 )
-log.info("%d units (%d removed with < %d spikes), %d spikes",
-         len(templates), int((~alive).sum()), snakemake.params.deconvolve["min_spikes"], len(spikes))
+log.info("%d units (%d removed), %d spikes", len(templates), int((~alive).sum()), len(spikes))

@@ -28,5 +28,8 @@ sums, counts = accumulate_templates(
     pre_samples=pre,
     post_samples=post,
 )
-write_npz(snakemake.output.sums, sums=sums, counts=counts)
+# Only the clusters with spikes in this chunk are stored (most clusters have
+# none in any one chunk: their spikes are capped per unit over the recording).
+present = np.flatnonzero(counts)
+write_npz(snakemake.output.sums, sums=sums[present], present=present, counts=counts)
 log.info("chunk %d: %d spikes into %d templates", chunk["index"], int(sel.sum()), n_units)

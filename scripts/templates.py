@@ -25,12 +25,23 @@ rate = spec["sampling_rate_hz"]
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 pre, post = waveform_samples({"detect": snakemake.params.detect}, rate)
 
-parts = [read_npz(p) for p in snakemake.input.sums]
-templates, counts = reduce_templates([p["sums"] for p in parts], [p["counts"] for p in parts])
-n_clusters = len(counts)
+n_clusters = int(read_npz(snakemake.input.sums[0])["counts"].size)
+
+
+def chunk_sums():
+    """(sums, counts) of one chunk at a time: memory flat in the number of chunks."""
+    for path in snakemake.input.sums:
+        part = read_npz(path)
+        full = np.zeros((n_clusters, pre + post, len(positions)), dtype=np.float64)
+        full[part["present"]] = part["sums"]
+        yield full, part["counts"]
+
+
+templates, counts = reduce_templates(chunk_sums())
 
 # Background-noise windows: how each template's matching score varies on
-# noise alone (the noise is band-limited and spatially correlated).
+# noise alone (the noise is band-limited and spatially correlated). Random
+# windows, spikes included: noise_factors takes a robust spread.
 noise_rec = ChunkedRecording(snakemake.input.noise_chunks, n_samples=spec["n_samples"])
 windows = []
 for i, (start, stop) in enumerate(snakemake.params.segments):
@@ -38,7 +49,7 @@ for i, (start, stop) in enumerate(snakemake.params.segments):
     windows.append(
         sample_noise_windows(
             traces, n_windows=250, window_samples=pre + post,
-            threshold=snakemake.params.threshold, seed=snakemake.params.seed + i,
+            threshold=None, seed=snakemake.params.seed + i,
         )
     )
 windows = np.concatenate(windows)

@@ -42,8 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import isotonic_regression
-from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
 #: Fewest subsampled spikes a child node may keep (the floor of
@@ -790,7 +788,7 @@ def _triage(
     """
     if settings.triage_quantile >= 1.0:
         return clusters
-    limit = chi2.ppf(settings.triage_quantile, df=x.shape[1])
+    limit = _chi2_quantile(settings.triage_quantile, x.shape[1])
     triaged = clusters.copy()
     for cluster in np.unique(clusters[clusters >= 0]):
         rows = np.flatnonzero(clusters == cluster)
@@ -882,12 +880,44 @@ def _unimodal_fit(
     split = int(np.argmin(total))
     fit = np.empty_like(values)
     if split:
-        fit[:split] = isotonic_regression(values[:split], weights=weights[:split]).x
+        fit[:split] = _isotonic_fit(values[:split], weights[:split])
     if split < values.size:
-        fit[split:] = isotonic_regression(
-            values[split:], weights=weights[split:], increasing=False
-        ).x
+        fit[split:] = _isotonic_fit(values[split:][::-1], weights[split:][::-1])[::-1]
     return fit
+
+
+def _chi2_quantile(q: float, df: int) -> float:
+    """Chi-square quantile by the Wilson-Hilferty approximation.
+
+    Relative error below 2 % for df >= 3 and below 0.2 % for df >= 30 at
+    q = 0.999 (the triage use);
+    avoids importing scipy.special (0.3 s per clustering job).
+    """
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(q)
+    a = 2.0 / (9.0 * df)
+    return float(df * (1.0 - a + z * np.sqrt(a)) ** 3)
+
+
+def _isotonic_fit(
+    values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
+    block_weight: list[float] = []
+    block_sum: list[float] = []
+    block_size: list[int] = []
+    for value, weight in zip(values.tolist(), weights.tolist()):
+        value_sum, size = weight * value, 1
+        while block_weight and block_sum[-1] * weight >= value_sum * block_weight[-1]:
+            weight += block_weight.pop()
+            value_sum += block_sum.pop()
+            size += block_size.pop()
+        block_weight.append(weight)
+        block_sum.append(value_sum)
+        block_size.append(size)
+    means = np.array(block_sum) / np.array(block_weight)
+    return np.repeat(means, block_size)
 
 
 def _prefix_isotonic_errors(

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
-from sklearn.decomposition import PCA
 
 from shardsort.tables import PEAK_DTYPE
 
@@ -506,6 +505,8 @@ def fit_temporal_pca(
             "n_components must be <= min(n_waveforms, n_times) = "
             f"{min(data.shape)}, got {n_components}"
         )
+    from sklearn.decomposition import PCA  # only the feature_basis job needs it
+
     pca = PCA(n_components=n_components, svd_solver="full").fit(data)
     return TemporalBasis(
         components=pca.components_.astype(np.float32),

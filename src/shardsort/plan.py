@@ -31,9 +31,12 @@ import math
 from dataclasses import dataclass, field
 
 #: Bytes per (sample, channel) at the peak of the most demanding per-chunk stage.
-BYTES_PER_VALUE = 48
-#: Interpreter, numpy/scipy and library overhead of one job, in MiB.
-BASE_OVERHEAD_MB = 350
+#: Measured (benchmarks/results/scale_memory.csv): 11-14 bytes above the
+#: interpreter for preprocess and deconvolve; 24 keeps a 2x safety margin.
+BYTES_PER_VALUE = 24
+#: Interpreter, numpy/scipy and library overhead of one job, in MiB
+#: (measured 50-80 MiB after imports; the rest is headroom for small buffers).
+BASE_OVERHEAD_MB = 250
 #: Chunk lengths are whole multiples of this many seconds.
 CHUNK_QUANTUM_S = 0.1
 

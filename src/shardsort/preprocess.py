@@ -22,8 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy import linalg, signal
-from scipy.spatial import cKDTree
 
 from .checks import check_positive as _check_positive
 
@@ -117,6 +115,8 @@ def _neighbourhoods(
     inner_radius_um: float = 0.0,
 ) -> list[np.ndarray]:
     """Sorted indices of the candidate channels at ``inner <= distance <= radius``."""
+    from scipy.spatial import cKDTree  # imported here: most jobs never need it
+
     tree = cKDTree(positions)
     neighbourhoods = []
     in_ball = tree.query_ball_point(positions, r=radius_um, return_sorted=True)
@@ -195,6 +195,8 @@ def design_bandpass(
         or not (1 <= order <= 10)
     ):
         raise ValueError(f"order must be an integer in [1, 10], got {order!r}")
+    from scipy import signal  # design only: the per-chunk jobs get the sos as a param
+
     if freq_max_hz is None:
         return signal.butter(
             order, freq_min_hz, btype="highpass", fs=sampling_rate_hz, output="sos"
@@ -245,6 +247,8 @@ def filter_margin_samples(sos: npt.ArrayLike, *, rtol: float = 1e-7) -> int:
     n_response = 64 + 2 * int(
         np.ceil(np.log(rtol * 1e-3) / np.log(max(pole_radius, 1e-3)))
     )
+    from scipy import signal
+
     while True:
         forward = signal.sosfilt(sos, signal.unit_impulse(n_response))
         round_trip = signal.fftconvolve(forward, forward[::-1])[n_response - 1 :]
@@ -276,7 +280,7 @@ def _block_operators(sos: np.ndarray, block: int) -> _BlockOperators:
     # vector gives the state-space matrices in sosfilt's own state convention.
     unit = np.eye(n_states + 1)
     start = unit[:, :n_states].reshape(n_states + 1, -1, 2).transpose(1, 0, 2)
-    output, end = signal.sosfilt(sos, unit[:, n_states:], axis=-1, zi=start)
+    output, end = _sos_single_step(sos, unit[:, n_states], start)
     end = end.transpose(1, 0, 2).reshape(n_states + 1, n_states)
     a, b = end[:n_states].T, end[n_states]
     c, d = output[:n_states, 0], output[n_states, 0]
@@ -288,12 +292,55 @@ def _block_operators(sos: np.ndarray, block: int) -> _BlockOperators:
     observe = c @ powers[:block]
     impulse = np.concatenate([[d], observe[:-1] @ b])
     return _BlockOperators(
-        transfer=linalg.toeplitz(impulse, np.zeros(block)).astype(np.float32),
+        transfer=_lower_toeplitz(impulse).astype(np.float32),
         observe=observe.astype(np.float32),
         control=(powers[block - 1 :: -1] @ b).T.astype(np.float32),
         step=powers[block].astype(np.float32),
-        unit_step_state=signal.sosfilt_zi(sos).reshape(-1, 1).astype(np.float32),
+        unit_step_state=_sosfilt_zi(sos).reshape(-1, 1).astype(np.float32),
     )
+
+
+def _sos_single_step(
+    sos: np.ndarray, u: np.ndarray, zi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sample of ``scipy.signal.sosfilt`` for a batch of inputs and states.
+
+    ``u`` has shape (batch,), ``zi`` (n_sections, batch, 2) in sosfilt's
+    (transposed direct form II) convention. Returns the outputs, shape
+    (batch, 1), and the states after the sample, shaped like ``zi``.
+    """
+    x = np.asarray(u, dtype=np.float64)
+    end = np.empty_like(zi, dtype=np.float64)
+    for k, (b0, b1, b2, a0, a1, a2) in enumerate(sos / sos[:, 3:4]):
+        y = b0 * x + zi[k, :, 0]
+        end[k, :, 0] = b1 * x - a1 * y + zi[k, :, 1]
+        end[k, :, 1] = b2 * x - a2 * y
+        x = y
+    return x[:, None], end
+
+
+def _sosfilt_zi(sos: np.ndarray) -> np.ndarray:
+    """Steady-state initial state of an SOS cascade for a unit step input.
+
+    Equals ``scipy.signal.sosfilt_zi``: each section's ``lfilter_zi`` scaled by
+    the DC gain of the sections before it.
+    """
+    zi = np.empty((sos.shape[0], 2))
+    scale = 1.0
+    for k, section in enumerate(sos):
+        b, a = section[:3] / section[3], section[3:] / section[3]
+        # Transposed direct form II at rest: (I - companion(a).T) zi = b[1:] - a[1:] b[0]
+        system = np.array([[1.0 + a[1], -1.0], [a[2], 1.0]])
+        zi[k] = scale * np.linalg.solve(system, b[1:] - a[1:] * b[0])
+        scale *= b.sum() / a.sum()
+    return zi
+
+
+def _lower_toeplitz(column: np.ndarray) -> np.ndarray:
+    """Lower-triangular Toeplitz matrix whose first column is ``column``."""
+    n = column.size
+    lag = np.arange(n)[:, None] - np.arange(n)[None, :]
+    return np.where(lag >= 0, column[np.clip(lag, 0, None)], 0.0)
 
 
 def _run_cascade(
@@ -653,6 +700,8 @@ def noise_covariance(
 
 def _zca(covariance: np.ndarray, eps: float) -> np.ndarray:
     """ZCA matrix ``C^{-1/2}``, eigenvalues regularised by ``eps * mean eigenvalue``."""
+    from scipy import linalg
+
     eigenvalues, eigenvectors = linalg.eigh(covariance)
     scale = eigenvalues.mean()
     if scale <= 0:

@@ -297,6 +297,70 @@ def drift_raster_figure(
     return fig
 
 
+def motion_figure(
+    histogram: npt.ArrayLike,
+    depth_edges_um: npt.ArrayLike,
+    time_s: npt.ArrayLike,
+    displacement_um: npt.ArrayLike,
+    window_centres_um: npt.ArrayLike,
+    *,
+    bin_s: float,
+) -> Figure:
+    """Drift estimate: peak depth histogram per time bin and the displacement.
+
+    Parameters
+    ----------
+    histogram : array_like, shape (n_time_bins, n_depth_bins)
+        Weighted peak counts per time bin and depth bin.
+    depth_edges_um : array_like, shape (n_depth_bins + 1,)
+    time_s : array_like, shape (n_time_bins,)
+        Centre of each time bin.
+    displacement_um : array_like, shape (n_time_bins, n_windows)
+    window_centres_um : array_like, shape (n_windows,)
+    bin_s : float
+        Length of a time bin.
+
+    Returns
+    -------
+    Figure
+        The histogram as a grey image (darker = more) with one coloured line
+        per depth window at its centre plus the displacement.
+    """
+    bin_s = _check_positive("bin_s", bin_s)
+    hist = np.asarray(histogram, dtype=np.float64)
+    edges = np.asarray(depth_edges_um, dtype=np.float64)
+    times = np.asarray(time_s, dtype=np.float64)
+    disp = np.asarray(displacement_um, dtype=np.float64)
+    centres = np.asarray(window_centres_um, dtype=np.float64)
+    if hist.ndim != 2 or hist.shape != (len(times), len(edges) - 1):
+        raise ValueError(
+            f"histogram must have shape ({len(times)}, {len(edges) - 1}), got {hist.shape}"
+        )
+    if disp.shape != (len(times), len(centres)):
+        raise ValueError(
+            f"displacement_um must have shape ({len(times)}, {len(centres)}), got {disp.shape}"
+        )
+    fig = Figure(figsize=(10.0, 5.0), dpi=DPI)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.11)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("depth y (µm)")
+    ax.set_title("Peak depth histogram and estimated displacement", fontsize=10)
+    if len(times) == 0:
+        _message(ax, "no time bins")
+        return fig
+    top = float(hist.max()) if hist.size else 0.0
+    extent = (times[0] - bin_s / 2, times[-1] + bin_s / 2, edges[0], edges[-1])
+    ax.imshow(hist.T, origin="lower", aspect="auto", extent=extent, cmap="Greys",
+              vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+    colours = unit_colors(np.arange(len(centres)))
+    for k, centre in enumerate(centres):
+        ax.plot(times, centre + disp[:, k], color=colours[k], linewidth=1.5,
+                label=f"window at {centre:.0f} µm" if len(centres) > 1 else "rigid")
+    ax.legend(loc="upper right", fontsize=7, ncols=min(len(centres), 4))
+    return fig
+
+
 def _best_channels(
     templates: npt.NDArray[np.float64], positions: npt.NDArray[np.float64], n_best: int
 ) -> npt.NDArray[np.intp]:

@@ -19,6 +19,14 @@ monopole ``1/distance`` law with an exponential taper, delayed and widened
 with distance. A spike's sample index is the sample of the template trough
 on the unit's peak channel.
 
+Optionally the probe drifts: at time ``t`` a unit whose reference depth is
+``y`` appears ``drift_displacement_um(params, t, y)`` micrometres further up
+the probe (positive = towards larger y), linearly over the recording or as a
+step at half time, rigidly or with a displacement that changes linearly with
+depth (``drift_um`` at the bottom, ``drift_top_um`` at the top channel). Each
+spike is rendered with its unit's template moved by the displacement at its
+trough, rounded to :data:`DRIFT_STEP_UM`.
+
 The recording is produced in fixed generation blocks of
 :data:`GENERATION_BLOCK_SAMPLES` samples whose noise is drawn from a seed
 derived from ``(seed, block index)`` with :class:`numpy.random.SeedSequence`,
@@ -42,6 +50,11 @@ from threadpoolctl import threadpool_limits
 #: Samples per noise generation block (about 0.55 s at 30 kHz). Part of the
 #: definition of the recording: changing it changes the noise.
 GENERATION_BLOCK_SAMPLES = 16384
+
+#: Drifting units are rendered with templates at displacements rounded to this.
+DRIFT_STEP_UM = 0.5
+#: Time courses of the drift (see :func:`drift_displacement_um`).
+DRIFT_SHAPES = ("linear", "step")
 
 #: Template extent around the trough.
 _PRE_TROUGH_MS = 1.0
@@ -124,6 +137,15 @@ class SynthParams:
         dc_offset_uv]``.
     gain_to_uv : float
         uV per int16 step of the written recording.
+    drift_um : float
+        Displacement (um, positive = up the probe) reached by the units at the
+        bottom of the probe (y = 0); 0 and ``drift_top_um`` None: no drift.
+    drift_top_um : float or None
+        Displacement reached at the top channel's depth (linear in depth in
+        between: non-rigid drift); None: the same as ``drift_um`` (rigid).
+    drift_shape : {"linear", "step"}
+        ``"linear"``: from 0 at the start to the full displacement at the end;
+        ``"step"``: 0 before half the duration, the full displacement after.
     """
 
     n_channels: int = 32
@@ -144,6 +166,9 @@ class SynthParams:
     lfp_uv: float = 30.0
     dc_offset_uv: float = 50.0
     gain_to_uv: float = 0.195
+    drift_um: float = 0.0
+    drift_top_um: float | None = None
+    drift_shape: str = "linear"
 
     def __post_init__(self) -> None:
         _check_int("n_channels", self.n_channels, 1, 4096)
@@ -174,6 +199,13 @@ class SynthParams:
         _check_number("lfp_uv", self.lfp_uv, minimum=0.0)
         _check_number("dc_offset_uv", self.dc_offset_uv, minimum=0.0)
         _check_number("gain_to_uv", self.gain_to_uv, positive=True)
+        _check_number("drift_um", self.drift_um, minimum=-math.inf)
+        if self.drift_top_um is not None:
+            _check_number("drift_top_um", self.drift_top_um, minimum=-math.inf)
+        if self.drift_shape not in DRIFT_SHAPES:
+            raise ValueError(
+                f"drift_shape must be one of {DRIFT_SHAPES}, got {self.drift_shape!r}"
+            )
 
     @property
     def n_samples(self) -> int:
@@ -195,6 +227,11 @@ class SynthParams:
     def refractory_samples(self) -> int:
         """Refractory period in whole samples."""
         return math.ceil(self.refractory_ms * self.sampling_rate_hz / 1000.0)
+
+    @property
+    def drifts(self) -> bool:
+        """Whether any unit moves during the recording."""
+        return self.drift_um != 0 or self.drift_top_um not in (None, 0)
 
 
 # ---------------------------------------------------------------------------
@@ -350,6 +387,48 @@ def _taper(n_samples: int, ramp_samples: int) -> npt.NDArray[np.float64]:
     return window
 
 
+def _unit_templates(
+    params: SynthParams, draw: _UnitDraw, shifts_um: npt.ArrayLike = (0.0,)
+) -> npt.NDArray[np.float32]:
+    """Templates (n_shifts, template_samples, n_channels) of a unit moved up by each shift."""
+    positions = neuropixels_like_geometry(params.n_channels)
+    n_times = params.template_samples
+    times_ms = (np.arange(n_times) - params.trough_index) * (
+        1000.0 / params.sampling_rate_hz
+    )
+    taper = _taper(n_times, max(1, round(_TAPER_MS * params.sampling_rate_hz / 1000)))
+    min_visible_uv = _FOOTPRINT_MIN_NOISE_FRACTION * params.noise_uv
+    shape = _waveform_function(draw)
+    shifts = np.atleast_1d(np.asarray(shifts_um, dtype=np.float64))
+    templates = np.zeros((len(shifts), n_times, params.n_channels), np.float32)
+    # The field is fixed around the soma: amplitude and delay are laws of the
+    # distance, normalised at the nearest channel of the unmoved unit, so a
+    # moved unit's template samples the same field at other points.
+    nearest = np.sqrt(
+        np.sum((positions - draw.soma_um[:2]) ** 2, axis=1) + draw.soma_um[2] ** 2
+    ).min()
+    for template, shift in zip(templates, shifts):
+        soma = draw.soma_um + np.array([0.0, shift, 0.0])
+        distance = np.sqrt(np.sum((positions - soma[:2]) ** 2, axis=1) + soma[2] ** 2)
+        extra = distance - nearest
+        footprint = (
+            draw.peak_amplitude_uv
+            * nearest
+            / distance
+            * np.exp(-extra / params.footprint_decay_um)
+        )
+        visible = footprint >= min_visible_uv
+        visible[np.argmin(distance)] = True
+        delay_ms = extra[visible] / draw.speed_um_per_ms
+        stretch = 1.0 + extra[visible] / draw.widening_um
+        template[:, visible] = (
+            footprint[visible]
+            * shape((times_ms[:, None] - delay_ms) / stretch)
+            * taper[:, None]
+        )
+    return templates
+
+
 def generate_units(params: SynthParams) -> dict[str, np.ndarray]:
     """Draw the ground-truth units: positions, firing rates and templates.
 
@@ -373,38 +452,13 @@ def generate_units(params: SynthParams) -> dict[str, np.ndarray]:
         the peak channel; ``snr`` float32 (n_units,): that amplitude over
         ``noise_uv``; ``firing_rate_hz`` float64 (n_units,).
     """
-    positions = neuropixels_like_geometry(params.n_channels)
-    n_times = params.template_samples
-    times_ms = (np.arange(n_times) - params.trough_index) * (
-        1000.0 / params.sampling_rate_hz
+    templates = np.zeros(
+        (params.n_units, params.template_samples, params.n_channels), np.float32
     )
-    taper = _taper(n_times, max(1, round(_TAPER_MS * params.sampling_rate_hz / 1000)))
-    min_visible_uv = _FOOTPRINT_MIN_NOISE_FRACTION * params.noise_uv
-
-    templates = np.zeros((params.n_units, n_times, params.n_channels), np.float32)
     draws = [_draw_unit(params, unit) for unit in range(params.n_units)]
     for unit, draw in enumerate(draws):
-        distance = np.sqrt(
-            np.sum((positions - draw.soma_um[:2]) ** 2, axis=1) + draw.soma_um[2] ** 2
-        )
-        extra = distance - distance.min()
-        footprint = (
-            draw.peak_amplitude_uv
-            * distance.min()
-            / distance
-            * np.exp(-extra / params.footprint_decay_um)
-        )
-        visible = footprint >= min_visible_uv
-        visible[np.argmin(distance)] = True
-        delay_ms = extra[visible] / draw.speed_um_per_ms
-        stretch = 1.0 + extra[visible] / draw.widening_um
-        shape = _waveform_function(draw)
-        templates[unit][:, visible] = (
-            footprint[visible]
-            * shape((times_ms[:, None] - delay_ms) / stretch)
-            * taper[:, None]
-        )
-
+        templates[unit] = _unit_templates(params, draw)[0]
+    n_times = params.template_samples
     flat = templates.reshape(params.n_units, n_times * params.n_channels)
     peak_amplitude = -flat.min(axis=1)
     return {
@@ -621,6 +675,92 @@ def _mixing_tiles(
 
 
 # ---------------------------------------------------------------------------
+# Drift
+# ---------------------------------------------------------------------------
+
+
+def drift_displacement_um(
+    params: SynthParams, time_s: npt.ArrayLike, depth_um: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """True displacement of the units at times and reference depths.
+
+    Parameters
+    ----------
+    params : SynthParams
+        Recording parameters (``drift_um``, ``drift_top_um``, ``drift_shape``).
+    time_s, depth_um : array_like
+        Times (s) and reference depths (um, the units' y at time 0); they
+        broadcast against each other.
+
+    Returns
+    -------
+    ndarray of float64
+        Displacement in um (positive = the unit appears higher up the probe).
+    """
+    time = np.asarray(time_s, dtype=np.float64)
+    depth = np.asarray(depth_um, dtype=np.float64)
+    duration = params.duration_s
+    if params.drift_shape == "linear":
+        course = np.clip(time / duration, 0.0, 1.0) if duration > 0 else 0.0 * time
+    else:  # "step"
+        course = (time >= duration / 2.0).astype(np.float64)
+    top_y = float(neuropixels_like_geometry(params.n_channels)[:, 1].max())
+    fraction = np.clip(depth / top_y, 0.0, 1.0) if top_y > 0 else 0.0 * depth
+    top = params.drift_um if params.drift_top_um is None else params.drift_top_um
+    return course * (params.drift_um + (top - params.drift_um) * fraction)
+
+
+def spike_displacement_um(
+    params: SynthParams,
+    spike_sample_index: npt.ArrayLike,
+    spike_unit_index: npt.ArrayLike,
+) -> npt.NDArray[np.float64]:
+    """Displacement of each spike's unit at the spike's trough (um)."""
+    samples = np.asarray(spike_sample_index, dtype=np.int64)
+    units = np.asarray(spike_unit_index, dtype=np.int64)
+    if not params.drifts or len(samples) == 0:
+        return np.zeros(len(samples))
+    depth = np.array([_draw_unit(params, u).soma_um[1] for u in range(params.n_units)])
+    return drift_displacement_um(params, samples / params.sampling_rate_hz, depth[units])
+
+
+def spike_templates(
+    params: SynthParams,
+    templates_uv: npt.NDArray[np.float32],
+    spike_sample_index: npt.NDArray[np.int64],
+    spike_unit_index: npt.NDArray[np.int32],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Templates to render each spike with, and each spike's template index.
+
+    Without drift these are ``templates_uv`` and ``spike_unit_index``. With
+    drift, every (unit, displacement rounded to :data:`DRIFT_STEP_UM`) pair
+    that occurs gets its own template, the unit moved by that displacement.
+
+    Returns
+    -------
+    templates : ndarray of float32, shape (n_templates, template_samples, n_channels)
+    template_index : ndarray of int64, shape (n_spikes,)
+    """
+    units = np.asarray(spike_unit_index, dtype=np.int64)
+    if not params.drifts or len(units) == 0:
+        return np.asarray(templates_uv, dtype=np.float32), units
+    steps = np.rint(
+        spike_displacement_um(params, spike_sample_index, units) / DRIFT_STEP_UM
+    ).astype(np.int64)
+    offset = int(steps.min())
+    span = int(steps.max()) - offset + 1
+    keys, template_index = np.unique(units * span + (steps - offset), return_inverse=True)
+    key_units, key_steps = keys // span, keys % span + offset
+    out = np.zeros((len(keys),) + np.shape(templates_uv)[1:], dtype=np.float32)
+    for unit in np.unique(key_units):
+        rows = np.flatnonzero(key_units == unit)
+        out[rows] = _unit_templates(
+            params, _draw_unit(params, int(unit)), key_steps[rows] * DRIFT_STEP_UM
+        )
+    return out, template_index.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------
 
@@ -720,9 +860,11 @@ def render_samples(
     Parameters
     ----------
     templates_uv : ndarray of float32, shape (n_units, template_samples, n_channels)
-        Templates from :func:`generate_units`.
+        Templates from :func:`generate_units` (for a drifting recording,
+        those of :func:`spike_templates`).
     spike_sample_index, spike_unit_index : ndarray, shape (n_spikes,)
-        Spike trains from :func:`generate_spike_trains`.
+        Spike trains from :func:`generate_spike_trains` (for a drifting
+        recording, the template index of :func:`spike_templates` as unit).
     params : SynthParams
         Recording parameters.
     start_sample, stop_sample : int
@@ -790,7 +932,10 @@ def write_recording(
     _check_int("block_samples", block_samples, 1, None)
     units = generate_units(params)
     sample_index, unit_index = generate_spike_trains(params)
-    renderer = _Renderer(params, units["templates_uv"], sample_index, unit_index)
+    templates, template_index = spike_templates(
+        params, units["templates_uv"], sample_index, unit_index
+    )
+    renderer = _Renderer(params, templates, sample_index, template_index)
     partial = Path(f"{os.fspath(path)}.part")
     # The mixing products are small: BLAS threads only add overhead there
     # (and spin-wait badly on busy cores).
@@ -816,14 +961,17 @@ def ground_truth_arrays(params: SynthParams) -> dict[str, np.ndarray]:
         (n_spikes,), sorted by sample; the unit arrays of
         :func:`generate_units` (``templates_uv``, ``unit_positions_um``,
         ``peak_channel``, ``peak_amplitude_uv``, ``snr``,
-        ``firing_rate_hz``); channel ``positions_um`` (n_channels, 2); and
-        0-d arrays ``sampling_rate_hz``, ``noise_uv``, ``gain_to_uv``,
-        ``trough_index``, ``n_samples``.
+        ``firing_rate_hz``); ``spike_displacement_um`` float64 (n_spikes,):
+        the drift of each spike's unit at the spike (zeros without drift;
+        templates and positions are those at zero displacement); channel
+        ``positions_um`` (n_channels, 2); and 0-d arrays ``sampling_rate_hz``,
+        ``noise_uv``, ``gain_to_uv``, ``trough_index``, ``n_samples``.
     """
     sample_index, unit_index = generate_spike_trains(params)
     return {
         "spike_sample_index": sample_index,
         "spike_unit_index": unit_index,
+        "spike_displacement_um": spike_displacement_um(params, sample_index, unit_index),
         **generate_units(params),
         "positions_um": neuropixels_like_geometry(params.n_channels),
         "sampling_rate_hz": np.float64(params.sampling_rate_hz),

@@ -30,10 +30,10 @@ All kernels are pure: arrays in, arrays out, no I/O and no global state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 #: Upper bound on the number of float32 values gathered at once when summing
 #: snippets (about 16 MB), so memory stays flat on dense chunks.
@@ -236,17 +236,16 @@ def accumulate_templates(
 
 
 def reduce_templates(
-    sums: list[npt.NDArray[np.float64]],
-    counts: list[npt.NDArray[np.int64]],
+    parts: Iterable[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Turn per-chunk sums and counts into mean templates.
 
     Parameters
     ----------
-    sums : sequence of ndarray of float64, each (n_units, T, n_channels)
-        Outputs of :func:`accumulate_templates`, one per chunk.
-    counts : sequence of ndarray of int64, each (n_units,)
-        Matching spike counts.
+    parts : iterable of (sums, counts)
+        Outputs of :func:`accumulate_templates`, one per chunk: sums of shape
+        (n_units, T, n_channels), counts of shape (n_units,). Consumed one at
+        a time, so a generator keeps memory flat in the number of chunks.
 
     Returns
     -------
@@ -255,18 +254,17 @@ def reduce_templates(
     counts : ndarray of int64, shape (n_units,)
         Total number of snippets per unit.
     """
-    if len(sums) == 0 or len(sums) != len(counts):
-        raise ValueError(
-            "sums and counts must be non-empty sequences of equal length, "
-            f"got {len(sums)} and {len(counts)}"
-        )
-    total = np.zeros(np.shape(sums[0]), dtype=np.float64)
-    if total.ndim != 3:
-        raise ValueError(
-            f"sums must hold arrays shaped (n_units, T, n_channels), got {total.shape}"
-        )
-    total_counts = np.zeros(total.shape[0], dtype=np.int64)
-    for part_sums, part_counts in zip(sums, counts):
+    total = None
+    total_counts = None
+    for part_sums, part_counts in parts:
+        if total is None:
+            total = np.zeros(np.shape(part_sums), dtype=np.float64)
+            if total.ndim != 3:
+                raise ValueError(
+                    "sums must hold arrays shaped (n_units, T, n_channels), "
+                    f"got {total.shape}"
+                )
+            total_counts = np.zeros(total.shape[0], dtype=np.int64)
         if np.shape(part_sums) != total.shape:
             raise ValueError(
                 f"every sums array must have shape {total.shape}, "
@@ -274,8 +272,58 @@ def reduce_templates(
             )
         total += part_sums
         total_counts += _check_counts(part_counts, total.shape[0])
+    if total is None:
+        raise ValueError("parts must hold at least one (sums, counts) pair")
     divisor = np.maximum(total_counts, 1)[:, None, None]
     return (total / divisor).astype(np.float32), total_counts
+
+
+def sparsify_templates(
+    templates: npt.ArrayLike,
+    counts: npt.ArrayLike,
+    *,
+    min_fraction: float = 0.1,
+    noise_ptp: float = 6.0,
+) -> npt.NDArray[np.float32]:
+    """Zero the channels where a mean template is only averaged noise.
+
+    A mean of ``n`` snippets of unit-variance noise keeps a peak-to-peak of
+    about ``noise_ptp / sqrt(n)`` on every channel. Summed over hundreds of
+    channels that residue dominates a small template's norm: it inflates
+    matched-filter SNRs (noise units look significant), lowers the cosine
+    between two copies of one unit (they are not merged) and costs
+    deconvolution time. A channel is kept when its peak-to-peak reaches both
+    ``min_fraction`` of the template's largest one and ``noise_ptp / sqrt(n)``.
+
+    Parameters
+    ----------
+    templates : array_like of float32, shape (n_units, T, n_channels)
+        Mean snippets in noise units.
+    counts : array_like of int, shape (n_units,)
+        Snippets averaged into each template.
+    min_fraction : float, optional
+        Fraction of the largest peak-to-peak, in [0, 1).
+    noise_ptp : float, optional
+        Peak-to-peak of one unit-noise snippet channel (>= 0).
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units, T, n_channels)
+        A copy with the other channels set to 0.
+    """
+    out = _check_templates(templates).copy()
+    counts = _check_counts(counts, out.shape[0])
+    _check_floor_fraction(min_fraction)
+    if not noise_ptp >= 0:
+        raise ValueError(f"noise_ptp must be >= 0, got {noise_ptp!r}")
+    if out.shape[0] == 0:
+        return out
+    ptp = out.max(axis=1) - out.min(axis=1)  # (n_units, n_channels)
+    floor = np.maximum(
+        min_fraction * ptp.max(axis=1), noise_ptp / np.sqrt(np.maximum(counts, 1))
+    )
+    out *= (ptp >= floor[:, None])[:, None, :]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -590,11 +638,13 @@ def merge_similar_templates(
     A pair is accepted when its best cosine over shifts of up to
     ``max_shift_samples`` (see :func:`template_similarity`) is at least
     ``min_cosine`` and the ratio of the larger to the smaller amplitude
-    (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Accepted
-    pairs are joined transitively into groups. Each group keeps as reference
-    its member with the most spikes (the lowest index on ties); the other
-    members are shifted onto it along the accepted pairs and averaged with
-    weights equal to their spike counts.
+    (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Groups
+    are stars, not chains: in order of decreasing spike count (lowest index
+    on ties) each unassigned template becomes a reference and takes every
+    unassigned template accepted with it, so two distinct units are never
+    joined through a small, noisy template similar to both. Members are
+    shifted onto their reference and averaged with weights equal to their
+    spike counts.
 
     Parameters
     ----------
@@ -665,27 +715,28 @@ def merge_similar_templates(
         similar |= (cosine >= floor_cosine) & (difference <= max_difference)
     accepted = similar & close_in_size & (smaller > 0)
     np.fill_diagonal(accepted, False)
-    first, second = np.nonzero(np.triu(accepted))
-    graph = coo_matrix(
-        (np.ones(first.size), (first, second)), shape=(n_units, n_units)
-    ).tocsr()
-    _, component = connected_components(graph, directed=False)
-
+    accepted |= accepted.T
+    # Star groups, not connected components: the unit with the most spikes
+    # takes every unassigned unit similar to it, then the next one. Chains
+    # through small, noisy templates (similar to two distinct units) would
+    # otherwise merge distinct neighbours.
+    shifts = np.zeros(n_units, dtype=np.int64)
+    owner = np.full(n_units, -1, dtype=np.int64)
+    for reference in np.lexsort((np.arange(n_units), -counts)):
+        if owner[reference] >= 0:
+            continue
+        owner[reference] = reference
+        joining = np.flatnonzero(accepted[reference] & (owner < 0))
+        owner[joining] = reference
+        shifts[joining] = lags[reference, joining]
+    component = owner
     new_templates = []
     new_counts = []
     groups: list[list[int]] = []
     mapping = np.zeros(n_units, dtype=np.int64)
-    shifts = np.zeros(n_units, dtype=np.int64)
     _, first_members = np.unique(component, return_index=True)
     for first_member in np.sort(first_members):
         members = np.flatnonzero(component == component[first_member])
-        reference = members[np.argmax(counts[members])]
-        order, predecessors = breadth_first_order(
-            graph, reference, directed=False, return_predecessors=True
-        )
-        for node in order[1:]:
-            parent = predecessors[node]
-            shifts[node] = shifts[parent] + lags[parent, node]
         weights = counts[members].astype(np.float64)
         if weights.sum() == 0:
             weights[:] = 1.0
@@ -710,10 +761,15 @@ def sample_noise_windows(
     *,
     n_windows: int,
     window_samples: int,
-    threshold: float,
+    threshold: float | None,
     seed: int,
 ) -> npt.NDArray[np.float32]:
-    """Background-noise windows: random windows in which no sample crosses ``threshold``.
+    """Background-noise windows: random windows, optionally free of threshold crossings.
+
+    Excluding windows with crossings biases the noise low, the more so the
+    more channels a window spans (with hundreds of channels few windows are
+    free of any crossing): :func:`noise_factors` uses a robust spread
+    instead, and the workflow passes ``threshold=None``.
 
     Parameters
     ----------
@@ -723,8 +779,9 @@ def sample_noise_windows(
         Windows wanted; fewer are returned if the traces hold fewer clean ones.
     window_samples : int
         Length of each window (the template length).
-    threshold : float
-        Windows containing any ``|value| > threshold`` are rejected.
+    threshold : float or None
+        Windows containing any ``|value| > threshold`` are rejected (None:
+        windows anywhere).
     seed : int
         Seed of the random window starts.
 
@@ -739,15 +796,18 @@ def sample_noise_windows(
         raise ValueError(f"window_samples must be >= 1, got {window_samples}")
     if n_windows < 0:
         raise ValueError(f"n_windows must be >= 0, got {n_windows}")
-    if threshold <= 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
+    if threshold is not None and threshold <= 0:
+        raise ValueError(f"threshold must be None or > 0, got {threshold}")
     n_starts = x.shape[0] - window_samples + 1
     if n_starts < 1 or n_windows == 0:
         return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
-    loud = (np.abs(x) > threshold).any(axis=1).astype(np.int64)
-    # loud samples inside [s, s + window): a running sum over the window
-    csum = np.concatenate([[0], np.cumsum(loud)])
-    clean = np.flatnonzero(csum[window_samples:] - csum[: n_starts] == 0)
+    if threshold is None:
+        clean = np.arange(n_starts)
+    else:
+        loud = (np.abs(x) > threshold).any(axis=1).astype(np.int64)
+        # loud samples inside [s, s + window): a running sum over the window
+        csum = np.concatenate([[0], np.cumsum(loud)])
+        clean = np.flatnonzero(csum[window_samples:] - csum[:n_starts] == 0)
     if clean.size == 0:
         return np.zeros((0, window_samples, x.shape[1]), dtype=np.float32)
     rng = np.random.default_rng(seed)
@@ -759,6 +819,9 @@ def noise_factors(
     templates: npt.ArrayLike, noise_windows: npt.ArrayLike
 ) -> npt.NDArray[np.float32]:
     """Variance of each template's projection on noise, over its squared norm.
+
+    The variance is robust (squared 1.4826 x median absolute deviation), so
+    that the few windows holding spikes do not inflate it.
 
     White noise of unit variance gives 1; band-limited, spatially correlated
     noise gives more for templates shaped like the noise. Dividing a matching
@@ -776,7 +839,7 @@ def noise_factors(
         Factors (>= a small floor); 1 for all-zero templates.
     """
     w = np.asarray(templates, dtype=np.float64)
-    noise = np.asarray(noise_windows, dtype=np.float64)
+    noise = np.asarray(noise_windows)
     if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
         raise ValueError(
             f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
@@ -785,8 +848,17 @@ def noise_factors(
     if noise.shape[0] < 2:
         raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
     flat_w = w.reshape(len(w), -1)
-    projections = noise.reshape(len(noise), -1) @ flat_w.T  # (n_windows, n_units)
-    variance = projections.var(axis=0)
+    flat_noise = noise.reshape(len(noise), -1)
+    # Blocks of windows: no float64 copy of all windows (hundreds of MB for
+    # a thousand channels).
+    projections = np.concatenate(
+        [
+            flat_noise[i : i + 128].astype(np.float64) @ flat_w.T
+            for i in range(0, len(flat_noise), 128)
+        ]
+    )  # (n_windows, n_units)
+    centred = projections - np.median(projections, axis=0)
+    variance = (1.4826 * np.median(np.abs(centred), axis=0)) ** 2
     norms = (flat_w**2).sum(axis=1)
     factors = np.divide(variance, norms, out=np.ones_like(variance), where=norms > 0)
     return np.maximum(factors, 1e-3).astype(np.float32)

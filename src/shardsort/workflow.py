@@ -53,6 +53,17 @@ def check_config(config: dict) -> None:
             f"deconvolve.amplitude_min ({dec['amplitude_min']}) must be below "
             f"deconvolve.amplitude_max ({dec['amplitude_max']})"
         )
+    motion = config["motion"]
+    if motion["max_displacement_um"] < motion["depth_bin_um"]:
+        raise ConfigError(
+            f"motion.max_displacement_um ({motion['max_displacement_um']}) must be at "
+            f"least motion.depth_bin_um ({motion['depth_bin_um']})"
+        )
+    if 0 < motion["time_horizon_s"] < motion["time_bin_s"]:
+        raise ConfigError(
+            f"motion.time_horizon_s ({motion['time_horizon_s']}) must be 0 (all pairs) "
+            f"or at least motion.time_bin_s ({motion['time_bin_s']})"
+        )
     nn = config["nn"]
     low, high = nn["amplitude_range"]
     if low > high:
@@ -148,6 +159,16 @@ def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
             f"({nyquist} Hz) of recording {spec.name!r} "
             f"(sampling_rate_hz={spec.sampling_rate_hz})"
         )
+    motion = config["motion"]
+    if motion["enabled"]:
+        depths = spec.positions_array[:, 1]
+        span = float(depths.max() - depths.min())
+        if span <= 2 * motion["edge_um"]:
+            raise ConfigError(
+                f"motion.edge_um ({motion['edge_um']}) leaves nothing of the probe of "
+                f"recording {spec.name!r}: its channels span {span:g} um in depth, "
+                f"expected more than 2 x edge_um (or set motion.enabled: false)"
+            )
     if config["detect"]["method"] == "nn":
         check_nn_model_fits(spec, config)
 

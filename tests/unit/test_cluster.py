@@ -295,3 +295,28 @@ def test_waveform_features_of_four_neurons_are_sorted():
 
     labels = cluster_spikes(features, main_channels=main_channels, seed=0)
     assert adjusted_rand_score(truth, labels) >= 0.9
+
+
+def test_isotonic_fit_equals_scipy():
+    from scipy.optimize import isotonic_regression
+
+    from shardsort.cluster import _isotonic_fit
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(1, 40))
+        values = rng.normal(size=n)
+        weights = np.ones(n) if rng.random() < 0.3 else rng.uniform(0.1, 3.0, n)
+        np.testing.assert_allclose(
+            _isotonic_fit(values, weights), isotonic_regression(values, weights=weights).x
+        )
+
+
+def test_chi2_quantile_close_to_scipy():
+    from scipy.stats import chi2
+
+    from shardsort.cluster import _chi2_quantile
+
+    for df in (3, 5, 10, 30, 60):
+        for q in (0.99, 0.999):
+            assert _chi2_quantile(q, df) == pytest.approx(chi2.ppf(q, df), rel=2e-2)

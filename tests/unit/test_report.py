@@ -222,6 +222,27 @@ def test_drift_raster_draws_an_even_subset():
         report.drift_raster_figure(spikes, positions[:5], sampling_rate_hz=RATE)
 
 
+def test_motion_figure_draws_the_histogram_and_one_line_per_window():
+    from matplotlib.image import AxesImage
+
+    histogram = np.arange(20.0).reshape(4, 5)
+    edges = np.arange(0.0, 60.0, 10.0)
+    time_s = np.array([1.0, 3.0, 5.0, 7.0])
+    displacement = np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]])
+    fig = report.motion_figure(histogram, edges, time_s, displacement, [15.0, 35.0], bin_s=2.0)
+    ax = fig.axes[0]
+    assert len([a for a in ax.get_children() if isinstance(a, AxesImage)]) == 1
+    assert len(ax.lines) == 2
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), 35.0 + displacement[:, 1])
+    assert "window at 35 µm" in texts(fig)
+    rigid = report.motion_figure(histogram, edges, time_s, displacement[:, :1], [25.0], bin_s=2.0)
+    assert "rigid" in texts(rigid)
+    empty = report.motion_figure(np.zeros((0, 5)), edges, [], np.zeros((0, 1)), [25.0], bin_s=2.0)
+    assert "no time bins" in texts(empty)
+    with pytest.raises(ValueError, match=r"displacement_um must have shape \(4, 2\)"):
+        report.motion_figure(histogram, edges, time_s, displacement[:, :1], [1.0, 2.0], bin_s=2.0)
+
+
 def test_accuracy_vs_snr_counts_well_detected_units():
     fig = report.accuracy_vs_snr_figure([3.0, 8.0, np.nan], [0.1, 0.9, 0.85], [0.2, 1.0, 0.9],
                                         [0.1, 0.9, 0.9], well_detected_accuracy=0.8)

@@ -7,13 +7,16 @@ import pytest
 from scipy import signal
 
 from shardsort.synth import (
+    DRIFT_STEP_UM,
     GENERATION_BLOCK_SAMPLES,
     SynthParams,
+    drift_displacement_um,
     generate_spike_trains,
     generate_units,
     ground_truth_arrays,
     neuropixels_like_geometry,
     render_samples,
+    spike_templates,
     write_recording,
 )
 
@@ -70,6 +73,9 @@ def test_geometry_is_a_staggered_two_column_layout():
         ({"rate_max_hz": 600.0}, "rate_max_hz must leave a mean interval"),
         ({"seed": -1}, "seed must be >= 0"),
         ({"noise_correlation_um": float("nan")}, "noise_correlation_um must be finite"),
+        ({"drift_um": float("inf")}, "drift_um must be finite"),
+        ({"drift_top_um": "up"}, "drift_top_um must be a number"),
+        ({"drift_shape": "sine"}, "drift_shape must be one of"),
     ],
 )
 def test_bad_parameters_are_rejected(kwargs, message):
@@ -324,3 +330,81 @@ def test_ground_truth_arrays_are_consistent():
     assert empty["templates_uv"].shape == (0, 90, 8)
     assert empty["peak_channel"].shape == empty["snr"].shape == (0,)
     assert empty["unit_positions_um"].shape == (0, 3)
+
+
+# ---------------------------------------------------------------------------
+# Drift
+# ---------------------------------------------------------------------------
+
+
+def test_drift_time_courses_and_depth_profile():
+    linear = SynthParams(n_channels=32, duration_s=10.0, drift_um=20.0)
+    np.testing.assert_allclose(
+        drift_displacement_um(linear, [0.0, 5.0, 10.0, 20.0], 100.0), [0.0, 10.0, 20.0, 20.0]
+    )
+    step = SynthParams(n_channels=32, duration_s=10.0, drift_um=-8.0, drift_shape="step")
+    np.testing.assert_allclose(drift_displacement_um(step, [4.99, 5.0], 0.0), [0.0, -8.0])
+    # Non-rigid: drift_um at y = 0, drift_top_um at the top channel (y = 300).
+    sheared = SynthParams(n_channels=32, duration_s=10.0, drift_um=-10.0, drift_top_um=20.0)
+    np.testing.assert_allclose(
+        drift_displacement_um(sheared, 10.0, [-50.0, 0.0, 150.0, 300.0, 400.0]),
+        [-10.0, -10.0, 5.0, 20.0, 20.0],
+    )
+    assert not SynthParams().drifts and sheared.drifts
+
+
+def test_without_drift_spikes_use_the_unit_templates():
+    params = SynthParams(n_channels=8, duration_s=1.0, n_units=3, seed=2)
+    units = generate_units(params)
+    samples, labels = generate_spike_trains(params)
+    templates, index = spike_templates(params, units["templates_uv"], samples, labels)
+    np.testing.assert_array_equal(templates, units["templates_uv"])
+    np.testing.assert_array_equal(index, labels)
+    assert not ground_truth_arrays(params)["spike_displacement_um"].any()
+
+
+def test_drifting_spikes_move_up_the_probe():
+    params = SynthParams(
+        n_channels=32, duration_s=4.0, n_units=4, seed=3, drift_um=40.0, rate_min_hz=10.0
+    )
+    units = generate_units(params)
+    samples, labels = generate_spike_trains(params)
+    templates, index = spike_templates(params, units["templates_uv"], samples, labels)
+    truth = ground_truth_arrays(params)["spike_displacement_um"]
+    depth = neuropixels_like_geometry(params.n_channels)[:, 1]
+
+    def footprint_depth(template):
+        weight = np.ptp(template, axis=0) ** 2
+        return weight @ depth / weight.sum()
+
+    checked = 0
+    for unit in range(params.n_units):
+        mine = np.flatnonzero(labels == unit)
+        first, last = templates[index[mine[0]]], templates[index[mine[-1]]]
+        moved = truth[mine[-1]] - truth[mine[0]]
+        assert moved > 30.0
+        if 30.0 < units["unit_positions_um"][unit, 1] < 260.0:  # away from the ends
+            # The amplitude-weighted depth of the footprint follows the drift.
+            assert abs(footprint_depth(last) - footprint_depth(first) - moved) < 8.0, unit
+            checked += 1
+    assert checked >= 2
+    # Each (unit, rounded displacement) has one template.
+    assert len(templates) <= params.n_units * (40.0 / DRIFT_STEP_UM + 1)
+    alone, _ = spike_templates(params, units["templates_uv"], samples[:1], labels[:1])
+    np.testing.assert_array_equal(templates[index[0]], alone[0])
+
+
+def test_drifting_recording_is_written_from_the_moved_templates(tmp_path):
+    params = SynthParams(n_channels=16, duration_s=1.0, n_units=3, seed=4, drift_um=25.0)
+    path = tmp_path / "drift.bin"
+    write_recording(path, params, block_samples=7000)
+    units = generate_units(params)
+    samples, labels = generate_spike_trains(params)
+    templates, index = spike_templates(params, units["templates_uv"], samples, labels)
+    whole = render_samples(
+        templates, samples, index, params=params, start_sample=0, stop_sample=params.n_samples
+    )
+    np.testing.assert_array_equal(_read(path, params), whole)
+    still = SynthParams(**{**params.__dict__, "drift_um": 0.0})
+    write_recording(tmp_path / "still.bin", still)
+    assert (tmp_path / "still.bin").read_bytes() != path.read_bytes()

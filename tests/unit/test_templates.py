@@ -75,7 +75,7 @@ def test_accumulate_then_reduce_equals_mean_of_snippets():
         )
         sums.append(part[0])
         counts.append(part[1])
-    templates, total = reduce_templates(sums, counts)
+    templates, total = reduce_templates(zip(sums, counts))
 
     assert templates.dtype == np.float32 and templates.shape == (n_units, T, 8)
     for unit in range(n_units):
@@ -305,13 +305,13 @@ def test_accumulate_rejects_bad_labels():
 
 
 def test_reduce_rejects_mismatched_inputs():
-    with pytest.raises(ValueError, match="got 0 and 0"):
-        reduce_templates([], [])
+    with pytest.raises(ValueError, match="at least one"):
+        reduce_templates([])
     with pytest.raises(
         ValueError, match=r"every sums array must have shape \(1, 3, 2\)"
     ):
         reduce_templates(
-            [np.zeros((1, 3, 2)), np.zeros((1, 3, 3))], [np.ones(1, int)] * 2
+            zip([np.zeros((1, 3, 2)), np.zeros((1, 3, 3))], [np.ones(1, int)] * 2)
         )
 
 
@@ -409,3 +409,58 @@ def test_noise_aware_merge_joins_faint_copies_but_not_distinct_bright_units():
     )
     assert aware[0] == aware[1]  # indistinguishable in the noise
     assert aware[2] != aware[3]  # clearly different at high SNR
+
+
+def test_noise_factors_are_robust_to_spikes_in_random_windows():
+    """Random windows (threshold None) include the odd spike; the robust
+    spread still gives ~1 for white noise, and quiet-only windows would not
+    be needed."""
+    from shardsort.templates import noise_factors, sample_noise_windows
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((60000, 8)).astype(np.float32)
+    template = np.zeros((1, 30, 8), dtype=np.float32)
+    template[0, 10:14, 2] = [-1.0, -2.0, -1.0, 0.5]
+    for start in range(100, 60000, 2000):  # 30 large spikes shaped like the template
+        x[start : start + 30] += 12.0 * template[0]
+    windows = sample_noise_windows(x, n_windows=2000, window_samples=30, threshold=None, seed=0)
+    assert windows.shape == (2000, 30, 8)
+    assert 0.9 < noise_factors(template, windows)[0] < 1.1
+
+
+def test_sparsify_zeroes_channels_of_averaged_noise_only():
+    from shardsort.templates import sparsify_templates
+
+    rng = np.random.default_rng(0)
+    n = 100
+    unit = np.zeros((30, 40), dtype=np.float32)
+    unit[10:14, 3] = [-4.0, -8.0, -4.0, 2.0]  # peak channel, ptp 10
+    unit[10:14, 4] = [-1.0, -2.0, -1.0, 0.5]  # 25 %: kept
+    unit[10:14, 5] = [-0.3, -0.6, -0.3, 0.15]  # 7.5 %: below 10 % of the peak
+    mean = unit + rng.standard_normal((n, 30, 40)).mean(axis=0).astype(np.float32)
+    out = sparsify_templates(mean[None], [n], min_fraction=0.1, noise_ptp=6.0)
+    kept = np.flatnonzero(np.abs(out[0]).max(axis=0) > 0)
+    assert kept.tolist() == [3, 4]
+    np.testing.assert_array_equal(out[0][:, kept], mean[:, kept])
+    # with few spikes the noise floor dominates: channel 4 goes too
+    few = sparsify_templates(mean[None], [1], min_fraction=0.1, noise_ptp=6.0)
+    assert np.flatnonzero(np.abs(few[0]).max(axis=0) > 0).tolist() == [3]
+    with pytest.raises(ValueError, match="floor_fraction"):
+        sparsify_templates(mean[None], [n], min_fraction=1.5)
+
+
+def test_merge_does_not_chain_through_a_noisy_bridge():
+    """A small template similar to two distinct units joins the larger one
+    only; the two units stay apart (star groups, not connected components)."""
+    from shardsort.templates import merge_similar_templates
+
+    t = np.zeros((3, 20, 3), dtype=np.float32)
+    t[0, 8:11, 0] = [-1.0, -2.0, -1.0]
+    t[1, 8:11, 1] = [-1.0, -2.0, -1.0]
+    t[2, 8:11, 0] = [-0.7, -1.4, -0.7]  # the bridge: halfway between 0 and 1
+    t[2, 8:11, 1] = [-0.7, -1.4, -0.7]
+    merged, counts, mapping, groups, _ = merge_similar_templates(
+        t, [500, 400, 30], max_shift_samples=1, min_cosine=0.7, max_amplitude_ratio=2.0
+    )
+    assert groups == [[0, 2], [1]]
+    assert mapping.tolist() == [0, 1, 0] and counts.tolist() == [530, 400]

@@ -17,13 +17,17 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def write_small_recording(folder: Path, *, name: str, n_channels=32, duration_s=20.0,
-                          n_units=10, seed=7) -> Path:
-    """Generate a small ground-truth recording and its recordings table."""
+                          n_units=10, seed=7, **synth) -> Path:
+    """Generate a small ground-truth recording and its recordings table.
+
+    ``synth`` passes further :class:`shardsort.synth.SynthParams` fields
+    (e.g. ``drift_um``).
+    """
     from shardsort.synth import SynthParams, ground_truth_arrays, write_recording
 
     folder.mkdir(parents=True, exist_ok=True)
     params = SynthParams(
-        n_channels=n_channels, duration_s=duration_s, n_units=n_units, seed=seed
+        n_channels=n_channels, duration_s=duration_s, n_units=n_units, seed=seed, **synth
     )
     write_recording(folder / f"{name}.bin", params)
     gt = ground_truth_arrays(params)

@@ -1,0 +1,43 @@
+"""correct[t]: move one preprocessed time chunk back by the estimated drift."""
+
+import numpy as np
+
+from shardsort.io.arrays import ChunkedRecording, read_sidecar, write_array
+from shardsort.jobs import job_logger, read_h5
+from shardsort.motion import channel_displacement, correct_motion
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+chunk = snakemake.params.chunk
+cfg = snakemake.params.motion
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
+motion = read_h5(snakemake.input.motion)
+
+rec = ChunkedRecording([snakemake.input.chunk], n_samples=spec["n_samples"])
+traces = rec.get_traces(chunk["start"], chunk["stop"], pad=None)
+corrected = correct_motion(
+    traces,
+    start_sample=chunk["start"],
+    displacement_um=channel_displacement(
+        motion["displacement_um"], motion["window_centres_um"], positions[:, 1]
+    ),
+    bin_samples=int(motion["attrs"]["bin_samples"]),
+    positions_um=positions,
+    sigma_um=cfg["interpolation_sigma_um"],
+    good_mask=good,
+    border=cfg["border"],
+)
+# Same storage as the preprocessed chunk (float32, or int16 with its scale).
+side = read_sidecar(snakemake.input.chunk)
+attrs = {"start_sample": chunk["start"]}
+if np.dtype(side["dtype"]) == np.int16:
+    scale = float(side["scale"])
+    attrs["scale"] = scale
+    corrected = np.clip(np.rint(corrected * np.float32(1.0 / scale)), -32767, 32767)
+    corrected = corrected.astype(np.int16)
+write_array(
+    snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
+)
+log.info("chunk %d [%d, %d) corrected (%s)", chunk["index"], chunk["start"], chunk["stop"],
+         corrected.dtype)

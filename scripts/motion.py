@@ -1,0 +1,71 @@
+"""motion: displacement per time bin (and depth window) from all chunks' histograms."""
+
+import numpy as np
+
+from shardsort import report
+from shardsort.io.arrays import atomic_path
+from shardsort.jobs import job_logger, read_npz, write_h5
+from shardsort.motion import WEIGHT_SCALE, estimate_motion
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+cfg = snakemake.params.motion
+rate = spec["sampling_rate_hz"]
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+
+parts = [read_npz(p) for p in snakemake.input.histograms]
+edges = parts[0]["depth_edges_um"]
+bin_samples = int(parts[0]["bin_samples"])
+for part, path in zip(parts, snakemake.input.histograms):
+    same_edges = np.array_equal(part["depth_edges_um"], edges)
+    if int(part["bin_samples"]) != bin_samples or not same_edges:
+        raise ValueError(
+            f"{path}: time or depth bins differ from {snakemake.input.histograms[0]}"
+        )
+n_bins = -(-spec["n_samples"] // bin_samples)
+counts = np.zeros((n_bins, len(edges) - 1), dtype=np.int64)
+for part in parts:
+    first = int(part["first_bin"])
+    counts[first : first + len(part["histogram"])] += part["histogram"]
+histogram = counts / WEIGHT_SCALE
+n_peaks = int(sum(int(p["n_peaks"]) for p in parts))
+bin_s = bin_samples / rate
+horizon = cfg["time_horizon_s"]
+displacement, centres = estimate_motion(
+    histogram,
+    depth_um=0.5 * (edges[1:] + edges[:-1]),
+    channel_depths_um=positions[:, 1],
+    bin_um=cfg["depth_bin_um"],
+    max_displacement_um=cfg["max_displacement_um"],
+    rigid=cfg["rigid"],
+    window_step_um=cfg["window_step_um"],
+    window_sigma_um=cfg["window_sigma_um"],
+    min_correlation=cfg["min_correlation"],
+    time_horizon_bins=int(np.ceil(horizon / bin_s - 1e-9)) if horizon > 0 else 0,
+    robust_iterations=cfg["robust_iterations"],
+    smoothing_bins=cfg["smoothing_s"] / bin_s,
+    edge_um=cfg["edge_um"],
+)
+time_s = (np.arange(n_bins) * bin_samples + 0.5 * (bin_samples - 1)) / rate
+write_h5(
+    snakemake.output.motion,
+    {
+        "displacement_um": displacement,
+        "window_centres_um": centres,
+        "time_s": time_s,
+        "histogram": histogram,
+        "depth_edges_um": edges,
+    },
+    {"bin_samples": bin_samples, "sampling_rate_hz": rate, "rigid": bool(cfg["rigid"]),
+     "n_peaks": n_peaks},
+)
+with atomic_path(snakemake.output.table) as tmp, open(tmp, "w") as fh:
+    fh.write("\t".join(["time_s"] + [f"displacement_um_at_{c:.1f}um" for c in centres]) + "\n")
+    for t, row in zip(time_s, displacement):
+        fh.write("\t".join([f"{t:.4f}"] + [f"{v:.3f}" for v in row]) + "\n")
+figure = report.motion_figure(histogram, edges, time_s, displacement, centres, bin_s=bin_s)
+with atomic_path(snakemake.output.figure) as tmp:
+    report.save_figure(figure, tmp)
+span = np.ptp(displacement, axis=0) if n_bins else np.zeros(len(centres))
+log.info("%d peaks in %d time bins of %.3f s; %d depth window(s); displacement range %s um",
+         n_peaks, n_bins, bin_s, len(centres), np.round(span, 1).tolist())

@@ -1,0 +1,65 @@
+"""motion_peaks[t]: depth histogram per time bin of the peaks of one time chunk."""
+
+import numpy as np
+
+from shardsort.detect import nearest_neighbours, neighbour_mask
+from shardsort.io.arrays import ChunkedRecording
+from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.motion import (
+    depth_bin_edges,
+    localized_peaks,
+    peak_histogram,
+    time_bins_of_chunk,
+)
+from shardsort.workflow import ms_to_samples
+
+log = job_logger(snakemake)
+spec = snakemake.params.recording
+chunk = snakemake.params.chunk
+det = snakemake.params.detect
+cfg = snakemake.params.motion
+margin = int(snakemake.params.margin_samples)
+rate = spec["sampling_rate_hz"]
+positions = np.asarray(spec["positions_um"], dtype=np.float64)
+good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
+bin_samples = ms_to_samples(1000.0 * cfg["time_bin_s"], rate)
+
+rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
+window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
+peaks = localized_peaks(
+    window,
+    core_start=margin,
+    core_stop=margin + chunk["stop"] - chunk["start"],
+    threshold=cfg["peak_threshold"],
+    neighbour_mask=neighbour_mask(positions, radius_um=det["radius_um"]),
+    exclude_samples=ms_to_samples(det["exclude_ms"], rate),
+    good_mask=good,
+    neighbours=nearest_neighbours(
+        positions, n_neighbours=min(det["n_neighbours"], len(positions))
+    ),
+    positions_um=positions,
+    pre_samples=ms_to_samples(det["ms_before"], rate),
+    post_samples=ms_to_samples(det["ms_after"], rate),
+)
+first_bin, n_bins = time_bins_of_chunk(chunk["start"], chunk["stop"], bin_samples=bin_samples)
+edges = depth_bin_edges(positions, bin_um=cfg["depth_bin_um"])
+histogram = peak_histogram(
+    peaks["sample_index"] + chunk["start"],
+    peaks["y_um"],
+    peaks["amplitude"],
+    bin_samples=bin_samples,
+    first_bin=first_bin,
+    n_bins=n_bins,
+    depth_edges_um=edges,
+)
+write_npz(
+    snakemake.output.histogram,
+    histogram=histogram,
+    first_bin=np.int64(first_bin),
+    bin_samples=np.int64(bin_samples),
+    depth_edges_um=edges,
+    n_peaks=np.int64(len(peaks)),
+)
+log.info("chunk %d [%d, %d): %d peaks in time bins %d-%d",
+         chunk["index"], chunk["start"], chunk["stop"], len(peaks), first_bin,
+         first_bin + n_bins - 1)

@@ -1,0 +1,93 @@
+"""Final unit curation after deconvolution.
+
+Deconvolution gives every template the events it explains best. A template
+built from noise (threshold crossings that clustered together) explains few
+events, and those at the smallest allowed scaling: it was the mean of events
+selected for being large, so unselected noise matches it only partly. A real
+unit's events scatter around scaling 1. Units are therefore kept when they
+have enough spikes, fire often enough, and their median amplitude (the
+fitted template scaling) is not far below 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class UnitSelection:
+    """Which units survive, and why the others did not."""
+
+    alive: npt.NDArray[np.bool_]  # (n_units,)
+    n_spikes: npt.NDArray[np.int64]  # (n_units,)
+    rate_hz: npt.NDArray[np.float64]  # (n_units,)
+    median_amplitude: npt.NDArray[np.float64]  # (n_units,), NaN without spikes
+    reasons: tuple[str, ...]  # (n_units,), "" for kept units
+
+
+def select_units(
+    unit_index: npt.ArrayLike,
+    amplitude: npt.ArrayLike,
+    *,
+    n_units: int,
+    duration_s: float,
+    min_spikes: int = 20,
+    min_rate_hz: float = 0.0,
+    min_median_amplitude: float = 0.0,
+) -> UnitSelection:
+    """Keep units with enough spikes, a high enough rate and median amplitude.
+
+    Parameters
+    ----------
+    unit_index : array_like of int, shape (n_spikes,)
+        Unit of every spike, in ``[0, n_units)``.
+    amplitude : array_like of float, shape (n_spikes,)
+        Fitted template scaling of every spike.
+    n_units : int
+        Number of units (units without spikes are removed).
+    duration_s : float
+        Recording duration, for the firing rate.
+    min_spikes, min_rate_hz, min_median_amplitude
+        Thresholds; a unit must reach all three.
+
+    Returns
+    -------
+    UnitSelection
+    """
+    units = np.asarray(unit_index, dtype=np.int64)
+    amps = np.asarray(amplitude, dtype=np.float64)
+    if units.shape != amps.shape or units.ndim != 1:
+        raise ValueError(
+            f"unit_index and amplitude must be 1-D of one length, got shapes "
+            f"{units.shape} and {amps.shape}"
+        )
+    if n_units < 0:
+        raise ValueError(f"n_units must be >= 0, got {n_units}")
+    if units.size and (units.min() < 0 or units.max() >= n_units):
+        raise ValueError(f"unit_index must lie in [0, {n_units}), got [{units.min()}, {units.max()}]")
+    if not duration_s > 0:
+        raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
+    counts = np.bincount(units, minlength=n_units).astype(np.int64)
+    rate = counts / float(duration_s)
+    median = np.full(n_units, np.nan)
+    if units.size:
+        order = np.lexsort((amps, units))
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        sorted_amps = amps[order]
+        for unit in np.flatnonzero(counts):
+            median[unit] = np.median(sorted_amps[starts[unit] : starts[unit] + counts[unit]])
+    reasons = []
+    for unit in range(n_units):
+        if counts[unit] < min_spikes:
+            reasons.append(f"{counts[unit]} spikes < {min_spikes}")
+        elif rate[unit] < min_rate_hz:
+            reasons.append(f"rate {rate[unit]:.3g} Hz < {min_rate_hz:g} Hz")
+        elif median[unit] < min_median_amplitude:
+            reasons.append(f"median amplitude {median[unit]:.2f} < {min_median_amplitude:g}")
+        else:
+            reasons.append("")
+    alive = np.array([not r for r in reasons], dtype=bool)
+    return UnitSelection(alive, counts, rate, median, tuple(reasons))

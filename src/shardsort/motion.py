@@ -1,0 +1,789 @@
+"""Drift (motion) estimation and correction kernels.
+
+Probes move in the brain by tens of micrometres over a recording; a unit
+then appears at other channels and a sorter that ignores it splits the unit.
+Three stages fix that, each a pure kernel here:
+
+1. ``motion_peaks[t]`` (per time chunk): :func:`localized_peaks` finds
+   locally exclusive negative peaks in the PREPROCESSED traces and estimates
+   their depth (centre of mass over the main channel's nearest channels);
+   :func:`peak_histogram` bins them by time bin and depth, each peak
+   weighted by ``log(1 + |amplitude|)`` quantised to integers, so histograms
+   of neighbouring chunks add up exactly (the global histogram does not depend
+   on the chunking).
+2. ``motion`` (one global job): :func:`estimate_motion` registers the
+   histograms of all time bins against each other, decentralized registration
+   as in Varol et al. (2021) and SpikeInterface's ``decentralized`` method:
+   every pair of time bins is cross-correlated over depth lags up to a
+   maximum displacement; the best lag of each pair is an estimate of the
+   difference of their displacements; a least-squares fit weighted by the
+   pairs' correlation (then refitted without outlying pairs) gives one
+   displacement per time bin, which is then smoothed in time. Non-rigid
+   motion repeats this in overlapping Gaussian depth windows.
+3. ``correct[t]`` (per time chunk): :func:`correct_motion` resamples the
+   traces at positions moved by the displacement (Gaussian-kernel kriging over
+   the probe geometry, as Kilosort's ``datashift`` and SpikeInterface's
+   ``interpolate_motion``), blending the corrections of neighbouring time
+   bins linearly in time. Each output sample depends only on its own input
+   sample and its absolute index, so corrected chunks equal a whole-array
+   correction exactly.
+
+Sign convention: ``displacement[t] > 0`` means that at time bin ``t`` the
+units appear that many micrometres higher up the probe (larger ``y``) than
+their reference position, the average over the recording (each depth window's
+displacement has mean zero over time). Correction reads the recorded field at
+``y + displacement`` and writes it at ``y``, which moves every unit back to
+its reference position.
+
+All kernels are pure: arrays in, arrays out, no I/O, no global state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from scipy.ndimage import gaussian_filter1d
+
+from .checks import check_int as _check_int
+from .checks import check_positive as _check_positive
+from .detect import detect_peaks, extract_snippets, localize_spikes
+
+#: Peaks are weighted by ``log(1 + |amplitude|)`` in steps of ``1 / WEIGHT_SCALE``.
+WEIGHT_SCALE = 256
+#: Border handling of :func:`correct_motion`.
+BORDER_MODES = ("nearest", "zero")
+#: Ridge added to the kriging kernel matrix (relative to its unit diagonal).
+KRIGING_RIDGE = 0.01
+#: Source channels farther than this many ``sigma_um`` from a target are left out.
+KRIGING_SUPPORT_SIGMAS = 3.0
+#: At most this many correlation values are held at once in :func:`pairwise_shifts`.
+_PAIR_BLOCK_VALUES = 4_000_000
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+
+def _check_positions(positions_um: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    positions = np.asarray(positions_um, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) == 0:
+        raise ValueError(
+            f"positions_um must have shape (n_channels, 2) with n_channels >= 1, "
+            f"got {positions.shape}"
+        )
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions_um must be finite, got NaN or inf values")
+    return positions
+
+
+def _check_good(good_mask: npt.ArrayLike | None, n_channels: int) -> npt.NDArray[np.bool_]:
+    if good_mask is None:
+        return np.ones(n_channels, dtype=bool)
+    good = np.asarray(good_mask)
+    if good.dtype != np.bool_ or good.shape != (n_channels,):
+        raise ValueError(
+            f"good_mask must be a bool array of shape ({n_channels},), "
+            f"got {good.dtype} {good.shape}"
+        )
+    return good
+
+
+def _check_non_negative(name: str, value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}") from None
+    if not np.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+# ---------------------------------------------------------------------------
+# Per chunk: peaks and their depth histogram
+# ---------------------------------------------------------------------------
+
+
+def localized_peaks(
+    window: npt.NDArray[np.float32],
+    *,
+    core_start: int,
+    core_stop: int,
+    threshold: float,
+    neighbour_mask: npt.NDArray[np.bool_],
+    exclude_samples: int,
+    good_mask: npt.NDArray[np.bool_] | None,
+    neighbours: npt.NDArray[np.integer],
+    positions_um: npt.NDArray[np.floating],
+    pre_samples: int,
+    post_samples: int,
+) -> np.ndarray:
+    """Peaks in the core of a window, with their estimated position.
+
+    :func:`shardsort.detect.detect_peaks`, then
+    :func:`shardsort.detect.localize_spikes` on snippets of each peak's
+    ``neighbours`` row (centre of mass of the floor-subtracted squared
+    peak-to-peak amplitudes). The window needs
+    ``detect_margin_samples(...)`` samples beyond the core on both sides.
+
+    Returns
+    -------
+    ndarray of PEAK_DTYPE, shape (n_peaks,)
+        Core-local ``sample_index``, ``x_um`` / ``y_um`` filled in.
+    """
+    peaks = detect_peaks(
+        window,
+        core_start=core_start,
+        core_stop=core_stop,
+        threshold=threshold,
+        neighbour_mask=neighbour_mask,
+        exclude_samples=exclude_samples,
+        good_mask=good_mask,
+    )
+    table = np.asarray(neighbours)
+    if table.ndim != 2 or table.shape[0] != np.shape(window)[1]:
+        raise ValueError(
+            f"neighbours must have shape ({np.shape(window)[1]}, k), got {table.shape}"
+        )
+    channels = table[peaks["channel_index"]]
+    snippets = extract_snippets(
+        np.asarray(window, dtype=np.float32),
+        peaks["sample_index"] + core_start,
+        channels,
+        pre_samples=pre_samples,
+        post_samples=post_samples,
+    )
+    peaks["x_um"], peaks["y_um"] = localize_spikes(snippets, channels, positions_um)
+    return peaks
+
+
+def depth_bin_edges(
+    positions_um: npt.ArrayLike, *, bin_um: float
+) -> npt.NDArray[np.float64]:
+    """Edges of the depth bins: the probe's y extent plus one bin on each side.
+
+    Parameters
+    ----------
+    positions_um : array_like, shape (n_channels, 2)
+        Channel (x, y) positions.
+    bin_um : float
+        Bin width (> 0).
+
+    Returns
+    -------
+    ndarray of float64, shape (n_bins + 1,)
+        Increasing edges, ``bin_um`` apart, from ``min(y) - bin_um``.
+    """
+    positions = _check_positions(positions_um)
+    bin_um = _check_positive("bin_um", bin_um)
+    low = positions[:, 1].min() - bin_um
+    n_bins = int(np.ceil((positions[:, 1].max() + bin_um - low) / bin_um - 1e-9))
+    return low + bin_um * np.arange(max(n_bins, 1) + 1, dtype=np.float64)
+
+
+def time_bins_of_chunk(start: int, stop: int, *, bin_samples: int) -> tuple[int, int]:
+    """First time bin and number of time bins that samples ``[start, stop)`` touch."""
+    bin_samples = _check_int("bin_samples", bin_samples, 1)
+    start = _check_int("start", start, 0)
+    stop = _check_int("stop", stop, start)
+    if stop == start:
+        return start // bin_samples, 0
+    first = start // bin_samples
+    return first, (stop - 1) // bin_samples - first + 1
+
+
+def peak_histogram(
+    sample_index: npt.ArrayLike,
+    depth_um: npt.ArrayLike,
+    amplitude: npt.ArrayLike,
+    *,
+    bin_samples: int,
+    first_bin: int,
+    n_bins: int,
+    depth_edges_um: npt.ArrayLike,
+) -> npt.NDArray[np.int64]:
+    """Depth histogram per time bin of peaks, weighted by log amplitude.
+
+    Each peak adds ``round(WEIGHT_SCALE * log(1 + |amplitude|))`` to its
+    (time bin, depth bin). Integer weights make histograms of neighbouring
+    chunks add up exactly, whatever the chunking.
+
+    Parameters
+    ----------
+    sample_index : array_like of int, shape (n_peaks,)
+        Absolute sample of each peak.
+    depth_um, amplitude : array_like, shape (n_peaks,)
+        Estimated depth (y) and peak amplitude of each peak.
+    bin_samples : int
+        Samples per time bin (>= 1); bin ``b`` is ``[b, b + 1) * bin_samples``.
+    first_bin, n_bins : int
+        The time bins histogrammed (peaks in other bins are ignored).
+    depth_edges_um : array_like, shape (n_depth_bins + 1,)
+        From :func:`depth_bin_edges`; peaks outside are clipped into the
+        first or last bin.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_bins, n_depth_bins)
+    """
+    bin_samples = _check_int("bin_samples", bin_samples, 1)
+    first_bin = _check_int("first_bin", first_bin, 0)
+    n_bins = _check_int("n_bins", n_bins, 0)
+    edges = np.asarray(depth_edges_um, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(
+            f"depth_edges_um must be an increasing 1-D array of >= 2 edges, got {edges!r}"
+        )
+    samples = np.asarray(sample_index, dtype=np.int64)
+    depth = np.asarray(depth_um, dtype=np.float64)
+    amp = np.asarray(amplitude, dtype=np.float64)
+    if not samples.shape == depth.shape == amp.shape or samples.ndim != 1:
+        raise ValueError(
+            "sample_index, depth_um and amplitude must be 1-D of equal length, got "
+            f"shapes {samples.shape}, {depth.shape} and {amp.shape}"
+        )
+    n_depth = len(edges) - 1
+    time_bin = samples // bin_samples - first_bin
+    keep = (time_bin >= 0) & (time_bin < n_bins) & np.isfinite(depth) & np.isfinite(amp)
+    depth_bin = np.clip(np.searchsorted(edges, depth[keep], side="right") - 1, 0, n_depth - 1)
+    weight = np.rint(WEIGHT_SCALE * np.log1p(np.abs(amp[keep]))).astype(np.int64)
+    flat = np.zeros(n_bins * n_depth, dtype=np.int64)
+    np.add.at(flat, time_bin[keep] * n_depth + depth_bin, weight)
+    return flat.reshape(n_bins, n_depth)
+
+
+# ---------------------------------------------------------------------------
+# Global: decentralized registration
+# ---------------------------------------------------------------------------
+
+
+def depth_windows(
+    depth_um: npt.ArrayLike,
+    *,
+    channel_depths_um: npt.ArrayLike,
+    rigid: bool,
+    window_step_um: float,
+    window_sigma_um: float,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Depth windows of the (non-)rigid registration.
+
+    Parameters
+    ----------
+    depth_um : array_like, shape (n_depth_bins,)
+        Centres of the histogram's depth bins.
+    channel_depths_um : array_like
+        Depths (y) of the channels: windows span their range.
+    rigid : bool
+        One window of weight 1 everywhere (centred on the probe).
+    window_step_um, window_sigma_um : float
+        Non-rigid: the channels' depth range is cut into
+        ``round(range / window_step_um)`` (at least one) equal blocks; each
+        block's centre carries a Gaussian window of standard deviation
+        ``window_sigma_um``.
+
+    Returns
+    -------
+    centres_um : ndarray, shape (n_windows,)
+    weights : ndarray, shape (n_windows, n_depth_bins)
+    """
+    depth = np.asarray(depth_um, dtype=np.float64)
+    channels = np.asarray(channel_depths_um, dtype=np.float64)
+    if channels.size == 0:
+        raise ValueError("channel_depths_um must hold at least one depth, got none")
+    low, high = float(channels.min()), float(channels.max())
+    if rigid:
+        return np.array([(low + high) / 2.0]), np.ones((1, len(depth)))
+    step = _check_positive("window_step_um", window_step_um)
+    sigma = _check_positive("window_sigma_um", window_sigma_um)
+    n_windows = max(1, int(round((high - low) / step)))
+    centres = low + (np.arange(n_windows) + 0.5) * (high - low) / n_windows
+    weights = np.exp(-0.5 * ((depth[None, :] - centres[:, None]) / sigma) ** 2)
+    return centres, weights
+
+
+def pairwise_shifts(
+    histograms: npt.ArrayLike,
+    *,
+    max_lag_bins: int,
+    window: npt.ArrayLike | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Best depth lag and its correlation for every pair of time bins.
+
+    Each histogram is centred (its ``window``-weighted mean over depth
+    removed), multiplied by ``window`` and scaled to unit norm;
+    ``c[i, j](l) = sum_y h_i(y) h_j(y + l)`` for ``|l| <= max_lag_bins``
+    (zero beyond the ends). Outside the window the centred histograms are 0,
+    so empty depths beyond the probe do not pull the lags towards 0. The best
+    lag is refined to a fraction of a bin by a parabola through the peak and
+    its two neighbours.
+
+    Parameters
+    ----------
+    histograms : array_like, shape (n_time_bins, n_depth_bins)
+    max_lag_bins : int
+        Largest lag tried (>= 0).
+    window : array_like, shape (n_depth_bins,), optional
+        Non-negative depth weights (default: all 1).
+
+    Returns
+    -------
+    lag : ndarray of float64, shape (n_time_bins, n_time_bins)
+        ``lag[i, j]``: the shift (in bins) that best maps histogram ``i`` onto
+        ``j``, an estimate of ``displacement[j] - displacement[i]``;
+        antisymmetric.
+    correlation : ndarray of float64, shape (n_time_bins, n_time_bins)
+        The correlation at that lag (symmetric); 0 where a histogram is flat.
+    """
+    hist = np.asarray(histograms, dtype=np.float64)
+    if hist.ndim != 2:
+        raise ValueError(
+            f"histograms must have shape (n_time_bins, n_depth_bins), got {hist.shape}"
+        )
+    max_lag = _check_int("max_lag_bins", max_lag_bins, 0)
+    n_time, n_depth = hist.shape
+    weights = np.ones(n_depth) if window is None else np.asarray(window, dtype=np.float64)
+    if weights.shape != (n_depth,) or np.any(weights < 0) or not np.all(np.isfinite(weights)):
+        raise ValueError(
+            f"window must hold {n_depth} finite values >= 0, got shape {weights.shape}"
+        )
+    max_lag = min(max_lag, max(n_depth - 1, 0))
+    total = weights.sum()
+    mean = (hist @ weights) / total if total > 0 else np.zeros(n_time)
+    centred = (hist - mean[:, None]) * weights[None, :]
+    norm = np.linalg.norm(centred, axis=1)
+    valid = norm > 1e-12 * max(1.0, float(norm.max(initial=0.0)))
+    centred[valid] /= norm[valid, None]
+    centred[~valid] = 0.0
+    lags = np.arange(-max_lag, max_lag + 1)
+    lag_out = np.zeros((n_time, n_time))
+    corr_out = np.zeros((n_time, n_time))
+    block = max(1, _PAIR_BLOCK_VALUES // max(1, len(lags) * n_time))
+    for lo in range(0, n_time, block):
+        rows = centred[lo : lo + block]
+        curves = np.empty((len(lags), len(rows), n_time))
+        for k, lag in enumerate(lags):
+            if lag >= 0:
+                curves[k] = rows[:, : n_depth - lag] @ centred[:, lag:].T
+            else:
+                curves[k] = rows[:, -lag:] @ centred[:, : n_depth + lag].T
+        best = np.argmax(curves, axis=0)  # first maximum: deterministic
+        peak = np.take_along_axis(curves, best[None], axis=0)[0]
+        left = np.take_along_axis(curves, np.maximum(best - 1, 0)[None], axis=0)[0]
+        right = np.take_along_axis(
+            curves, np.minimum(best + 1, len(lags) - 1)[None], axis=0
+        )[0]
+        interior = (best > 0) & (best < len(lags) - 1)
+        curvature = left - 2.0 * peak + right
+        offset = np.zeros_like(peak)
+        ok = interior & (curvature < 0)
+        offset[ok] = np.clip(0.5 * (left[ok] - right[ok]) / curvature[ok], -0.5, 0.5)
+        lag_out[lo : lo + block] = lags[best] + offset
+        corr_out[lo : lo + block] = peak
+    lag_out = 0.5 * (lag_out - lag_out.T)
+    corr_out = 0.5 * (corr_out + corr_out.T)
+    corr_out[~valid, :] = 0.0
+    corr_out[:, ~valid] = 0.0
+    lag_out[corr_out == 0.0] = 0.0
+    return lag_out, corr_out
+
+
+def solve_displacement(
+    lag: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    *,
+    robust_iterations: int = 10,
+    robust_scale: float = 2.385,
+) -> npt.NDArray[np.float64]:
+    """Displacements whose differences best match the pairwise lags.
+
+    Minimises ``sum_ij w[i, j] (p[j] - p[i] - lag[i, j])**2`` with
+    ``mean(p) = 0``, first with ``w = weight``, then by iteratively
+    reweighted least squares with Cauchy weights ``weight / (1 + (r / c)**2)``
+    of the residuals ``r`` of the previous fit, where ``c`` is
+    ``robust_scale`` robust standard deviations of the residuals (1.4826 x
+    their weighted median absolute value, at least 0.5): pairs whose best
+    lag is a spurious match barely count. Time bins without any weighted pair
+    take the linear interpolation of their neighbours (a vanishing
+    first-difference penalty keeps the problem well posed).
+
+    Parameters
+    ----------
+    lag : array_like, shape (n, n)
+        Antisymmetric pairwise lags (as from :func:`pairwise_shifts`).
+    weight : array_like, shape (n, n)
+        Symmetric, non-negative pair weights.
+    robust_iterations : int
+        Reweighted refits (>= 0; 0: plain weighted least squares).
+    robust_scale : float
+        Cauchy scale in robust standard deviations (> 0; 2.385 gives 95 %
+        efficiency for Gaussian residuals).
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        Displacement per time bin, in the unit of ``lag``, mean zero.
+    """
+    lag = np.asarray(lag, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if lag.ndim != 2 or lag.shape[0] != lag.shape[1] or weight.shape != lag.shape:
+        raise ValueError(
+            f"lag and weight must be square arrays of one shape, got {lag.shape} "
+            f"and {weight.shape}"
+        )
+    if np.any(weight < 0) or not np.all(np.isfinite(weight)):
+        raise ValueError("weight must be finite and >= 0")
+    robust_iterations = _check_int("robust_iterations", robust_iterations, 0)
+    robust_scale = _check_positive("robust_scale", robust_scale)
+    n = len(lag)
+    if n == 0:
+        return np.zeros(0)
+    base = weight.copy()
+    np.fill_diagonal(base, 0.0)
+    used = base > 0
+    p = _weighted_least_squares(lag, base)
+    for _ in range(robust_iterations if np.any(used) else 0):
+        residual = np.abs(lag - (p[None, :] - p[:, None]))
+        sigma = max(1.4826 * _weighted_median(residual[used], base[used]), 0.5)
+        w = base / (1.0 + (residual / (robust_scale * sigma)) ** 2)
+        p = _weighted_least_squares(lag, w)
+    return p
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def _weighted_least_squares(lag: np.ndarray, w: np.ndarray) -> np.ndarray:
+    n = len(lag)
+    degree = w.sum(axis=1)
+    laplacian = np.diag(degree) - w
+    rhs = -(w * lag).sum(axis=1)
+    scale = max(float(degree.mean()), 1.0)
+    if n > 1:  # a vanishing chain penalty bridges bins without pairs
+        chain = np.zeros((n, n))
+        i = np.arange(n - 1)
+        chain[i, i] += 1.0
+        chain[i + 1, i + 1] += 1.0
+        chain[i, i + 1] -= 1.0
+        chain[i + 1, i] -= 1.0
+        laplacian += 1e-6 * scale * chain
+    # The constant vector spans the null space; this term fixes mean(p) = 0.
+    system = laplacian + scale / n
+    p = np.linalg.solve(system, rhs)
+    return p - p.mean()
+
+
+def estimate_motion(
+    histograms: npt.ArrayLike,
+    *,
+    depth_um: npt.ArrayLike,
+    channel_depths_um: npt.ArrayLike,
+    bin_um: float,
+    max_displacement_um: float,
+    rigid: bool = True,
+    window_step_um: float = 100.0,
+    window_sigma_um: float = 100.0,
+    min_correlation: float = 0.1,
+    time_horizon_bins: int = 0,
+    robust_iterations: int = 10,
+    smoothing_bins: float = 0.0,
+    edge_um: float = 0.0,
+    depth_smoothing_um: float | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Displacement per time bin (and depth window) by decentralized registration.
+
+    Parameters
+    ----------
+    histograms : array_like, shape (n_time_bins, n_depth_bins)
+        Summed :func:`peak_histogram` of the whole recording.
+    depth_um : array_like, shape (n_depth_bins,)
+        Centres of the depth bins.
+    channel_depths_um : array_like
+        Channel depths (y), for the placement of the depth windows.
+    bin_um : float
+        Depth bin width.
+    max_displacement_um : float
+        Largest displacement difference between two time bins considered.
+    rigid : bool
+        One displacement per time bin (True) or one per depth window.
+    window_step_um, window_sigma_um : float
+        Non-rigid depth windows (see :func:`depth_windows`).
+    min_correlation : float
+        Pairs whose best correlation is below this are ignored.
+    time_horizon_bins : int
+        Only pairs at most this many time bins apart are registered (0: all).
+    robust_iterations : int
+        Refits without outlying pairs (see :func:`solve_displacement`).
+    smoothing_bins : float
+        Standard deviation (time bins) of the Gaussian smoothing of the
+        displacement over time; 0: none.
+    edge_um : float
+        Depths closer than this to the outermost channels are left out:
+        units beyond the probe's ends are localized at its edge whatever
+        their drift, a stationary pile-up that drags the estimate to zero.
+    depth_smoothing_um : float, optional
+        Standard deviation of the Gaussian smoothing of the histograms along
+        depth before registration; default ``bin_um``; 0: none.
+
+    Returns
+    -------
+    displacement_um : ndarray of float64, shape (n_time_bins, n_windows)
+        Mean zero over time in each window.
+    window_centres_um : ndarray of float64, shape (n_windows,)
+    """
+    hist = np.asarray(histograms, dtype=np.float64)
+    depth = np.asarray(depth_um, dtype=np.float64)
+    if hist.ndim != 2 or hist.shape[1] != len(depth):
+        raise ValueError(
+            f"histograms must have shape (n_time_bins, {len(depth)}), got {hist.shape}"
+        )
+    bin_um = _check_positive("bin_um", bin_um)
+    max_displacement_um = _check_positive("max_displacement_um", max_displacement_um)
+    min_correlation = _check_non_negative("min_correlation", min_correlation)
+    time_horizon_bins = _check_int("time_horizon_bins", time_horizon_bins, 0)
+    smoothing_bins = _check_non_negative("smoothing_bins", smoothing_bins)
+    edge_um = _check_non_negative("edge_um", edge_um)
+    depth_sigma = bin_um if depth_smoothing_um is None else _check_non_negative(
+        "depth_smoothing_um", depth_smoothing_um
+    )
+    centres, windows = depth_windows(
+        depth,
+        channel_depths_um=channel_depths_um,
+        rigid=rigid,
+        window_step_um=window_step_um,
+        window_sigma_um=window_sigma_um,
+    )
+    if depth_sigma > 0 and hist.shape[1] > 1:
+        hist = gaussian_filter1d(hist, depth_sigma / bin_um, axis=1, mode="constant")
+    n_time = hist.shape[0]
+    max_lag = int(np.ceil(max_displacement_um / bin_um))
+    near = np.ones((n_time, n_time), dtype=bool)
+    if time_horizon_bins > 0:
+        index = np.arange(n_time)
+        near = np.abs(index[:, None] - index[None, :]) <= time_horizon_bins
+    channels = np.asarray(channel_depths_um, dtype=np.float64)
+    inner = (depth >= channels.min() + edge_um) & (depth <= channels.max() - edge_um)
+    if not np.any(inner):
+        raise ValueError(
+            f"edge_um ({edge_um}) leaves no depth of the probe "
+            f"({channels.min()} to {channels.max()} um)"
+        )
+    displacement = np.zeros((n_time, len(centres)))
+    for k, window in enumerate(windows):
+        lag, corr = pairwise_shifts(hist, max_lag_bins=max_lag, window=window * inner)
+        weight = np.where((corr >= min_correlation) & near & (corr > 0), corr, 0.0)
+        p = solve_displacement(lag, weight, robust_iterations=robust_iterations)
+        if smoothing_bins > 0 and n_time > 1:
+            p = gaussian_filter1d(p, smoothing_bins, mode="nearest")
+            p -= p.mean()
+        displacement[:, k] = p * bin_um
+    return displacement, centres
+
+
+# ---------------------------------------------------------------------------
+# Per chunk: correction
+# ---------------------------------------------------------------------------
+
+
+def channel_displacement(
+    displacement_um: npt.ArrayLike,
+    window_centres_um: npt.ArrayLike,
+    channel_depths_um: npt.ArrayLike,
+) -> npt.NDArray[np.float64]:
+    """Displacement of every channel per time bin, interpolated between windows.
+
+    Linear in depth between window centres, constant beyond the outermost ones.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_time_bins, n_channels)
+    """
+    disp = np.asarray(displacement_um, dtype=np.float64)
+    centres = np.asarray(window_centres_um, dtype=np.float64)
+    depths = np.asarray(channel_depths_um, dtype=np.float64)
+    if disp.ndim != 2 or disp.shape[1] != len(centres) or len(centres) == 0:
+        raise ValueError(
+            f"displacement_um must have shape (n_time_bins, {len(centres)}) with at "
+            f"least one window, got {disp.shape}"
+        )
+    if len(centres) > 1 and np.any(np.diff(centres) <= 0):
+        raise ValueError(f"window_centres_um must increase, got {centres!r}")
+    if len(centres) == 1:
+        return np.repeat(disp, len(depths), axis=1)
+    return np.stack([np.interp(depths, centres, row) for row in disp])
+
+
+def _probe_extent(positions: np.ndarray) -> tuple[float, float]:
+    """Depth range a target may lie in: channel depths widened by half the row pitch."""
+    levels = np.unique(positions[:, 1])
+    half_pitch = 0.5 * float(np.min(np.diff(levels))) if len(levels) > 1 else 0.0
+    return float(levels[0]) - half_pitch, float(levels[-1]) + half_pitch
+
+
+def interpolation_matrix(
+    positions_um: npt.ArrayLike,
+    displacement_um: npt.ArrayLike,
+    *,
+    sigma_um: float,
+    good_mask: npt.ArrayLike | None = None,
+    border: str = "nearest",
+) -> sparse.csr_matrix:
+    """Sparse kriging matrix that reads each channel at its displaced position.
+
+    Row ``i`` holds the weights that estimate the field at ``(x_i, y_i +
+    displacement_um[i])`` from the good channels within
+    ``KRIGING_SUPPORT_SIGMAS * sigma_um`` of it: ``K_ts (K_ss + r I)^-1``
+    with the Gaussian kernel ``exp(-d**2 / (2 sigma_um**2))`` and ridge
+    ``r = KRIGING_RIDGE``. Bad channels give and receive nothing (their rows
+    and columns are zero).
+
+    Parameters
+    ----------
+    positions_um : array_like, shape (n_channels, 2)
+    displacement_um : array_like, shape (n_channels,)
+        Depth displacement of each channel.
+    sigma_um : float
+        Kernel width (> 0), about the channel pitch.
+    good_mask : array_like of bool, shape (n_channels,), optional
+    border : {"nearest", "zero"}
+        A target beyond the probe (the channels' depth range widened by half
+        the row pitch) is read at the nearest depth inside it (``"nearest"``:
+        a unit near the end stays visible, smeared over the end rows) or set
+        to zero (``"zero"``: those channels go blank while they are out).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape (n_channels, n_channels)
+        Corrected traces are ``(matrix @ traces.T).T``.
+    """
+    positions = _check_positions(positions_um)
+    n_channels = len(positions)
+    shift = np.asarray(displacement_um, dtype=np.float64)
+    if shift.shape != (n_channels,) or not np.all(np.isfinite(shift)):
+        raise ValueError(
+            f"displacement_um must be finite with shape ({n_channels},), got {shift.shape}"
+        )
+    sigma = _check_positive("sigma_um", sigma_um)
+    good = _check_good(good_mask, n_channels)
+    if border not in BORDER_MODES:
+        raise ValueError(f"border must be one of {BORDER_MODES}, got {border!r}")
+    low, high = _probe_extent(positions)
+    target = positions.copy()
+    target[:, 1] += shift
+    inside = (target[:, 1] >= low - 1e-9) & (target[:, 1] <= high + 1e-9)
+    if border == "nearest":
+        target[:, 1] = np.clip(target[:, 1], low, high)
+        inside[:] = True
+    sources = np.flatnonzero(good)
+    support = KRIGING_SUPPORT_SIGMAS * sigma
+    rows, cols, vals = [], [], []
+    for i in np.flatnonzero(good & inside):
+        d2 = np.sum((positions[sources] - target[i]) ** 2, axis=1)
+        near = sources[d2 <= support**2]
+        if len(near) == 0:
+            continue
+        delta = positions[near][:, None, :] - positions[near][None, :, :]
+        k_ss = np.exp(-np.sum(delta**2, axis=-1) / (2 * sigma**2))
+        k_ss[np.diag_indices_from(k_ss)] += KRIGING_RIDGE
+        k_ts = np.exp(-d2[d2 <= support**2] / (2 * sigma**2))
+        weights = np.linalg.solve(k_ss, k_ts)
+        rows.append(np.full(len(near), i))
+        cols.append(near)
+        vals.append(weights)
+    if rows:
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+        v = np.zeros(0)
+    matrix = sparse.csr_matrix(
+        (v.astype(np.float32), (r, c)), shape=(n_channels, n_channels), dtype=np.float32
+    )
+    matrix.sort_indices()
+    return matrix
+
+
+def correct_motion(
+    traces: npt.ArrayLike,
+    *,
+    start_sample: int,
+    displacement_um: npt.ArrayLike,
+    bin_samples: int,
+    positions_um: npt.ArrayLike,
+    sigma_um: float,
+    good_mask: npt.ArrayLike | None = None,
+    border: str = "nearest",
+) -> npt.NDArray[np.float32]:
+    """Move the traces of samples ``[start_sample, start_sample + n)`` back by their drift.
+
+    Time bin ``b`` covers samples ``[b, b + 1) * bin_samples``; its centre
+    is at sample ``b * bin_samples + (bin_samples - 1) / 2``. Between two bin
+    centres the output is the linear blend (by time) of the two bins'
+    corrections; before the first centre and after the last the nearest bin's
+    correction is used. An output sample depends only on the same input
+    sample and its absolute index, so correcting chunks gives exactly the
+    whole-array result.
+
+    Parameters
+    ----------
+    traces : array_like, shape (n_samples, n_channels)
+        Preprocessed traces of the samples starting at ``start_sample``.
+    start_sample : int
+        Absolute index of the first row (>= 0).
+    displacement_um : array_like, shape (n_time_bins, n_channels)
+        Displacement of every channel per time bin
+        (:func:`channel_displacement`).
+    bin_samples : int
+        Samples per time bin (>= 1).
+    positions_um, sigma_um, good_mask, border
+        As in :func:`interpolation_matrix`.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_samples, n_channels)
+    """
+    data = np.asarray(traces, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"traces must have shape (n_samples, n_channels), got {data.shape}")
+    n_samples, n_channels = data.shape
+    start_sample = _check_int("start_sample", start_sample, 0)
+    bin_samples = _check_int("bin_samples", bin_samples, 1)
+    disp = np.asarray(displacement_um, dtype=np.float64)
+    if disp.ndim != 2 or disp.shape[1] != n_channels or disp.shape[0] == 0:
+        raise ValueError(
+            f"displacement_um must have shape (n_time_bins >= 1, {n_channels}), "
+            f"got {disp.shape}"
+        )
+    out = np.zeros_like(data)
+    if n_samples == 0:
+        return out
+    n_bins = disp.shape[0]
+    position = (
+        start_sample + np.arange(n_samples) - 0.5 * (bin_samples - 1)
+    ) / bin_samples
+    lower = np.clip(np.floor(position).astype(np.int64), 0, max(n_bins - 2, 0))
+    alpha = np.clip(position - lower, 0.0, 1.0).astype(np.float32)
+    if n_bins == 1:
+        alpha[:] = 0.0
+    matrices: dict[int, sparse.csr_matrix] = {}
+
+    def matrix(b: int) -> sparse.csr_matrix:
+        if b not in matrices:
+            matrices[b] = interpolation_matrix(
+                positions_um, disp[b], sigma_um=sigma_um, good_mask=good_mask, border=border
+            )
+        return matrices[b]
+
+    bounds = np.flatnonzero(np.diff(lower)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n_samples]):
+        b = int(lower[lo])
+        block = np.ascontiguousarray(data[lo:hi].T)
+        first = np.asarray(matrix(b) @ block).T
+        if n_bins == 1:
+            out[lo:hi] = first
+            continue
+        second = np.asarray(matrix(b + 1) @ block).T
+        out[lo:hi] = first + alpha[lo:hi, None] * (second - first)
+    return out

@@ -1,0 +1,52 @@
+"""Unit curation after deconvolution (shardsort.curation)."""
+
+import numpy as np
+import pytest
+
+from shardsort.curation import select_units
+
+
+def _spikes(spec, seed=0):
+    """spec: list of (n_spikes, amplitude centre) per unit."""
+    rng = np.random.default_rng(seed)
+    units = np.concatenate([np.full(n, u) for u, (n, _) in enumerate(spec)])
+    amps = np.concatenate([rng.normal(c, 0.05, n) for n, c in spec])
+    return units, amps
+
+
+def test_keeps_real_units_and_removes_noise_templates():
+    # unit 0: real; 1: too few spikes; 2: too rare; 3: events at the lower bound
+    units, amps = _spikes([(500, 1.0), (10, 1.0), (30, 1.0), (400, 0.62)])
+    sel = select_units(
+        units, amps, n_units=5, duration_s=600.0,
+        min_spikes=20, min_rate_hz=0.1, min_median_amplitude=0.8,
+    )
+    assert sel.alive.tolist() == [True, False, False, False, False]
+    assert sel.n_spikes.tolist() == [500, 10, 30, 400, 0]
+    assert sel.rate_hz[0] == pytest.approx(500 / 600)
+    assert sel.median_amplitude[3] == pytest.approx(0.62, abs=0.02)
+    assert np.isnan(sel.median_amplitude[4])
+    assert "spikes" in sel.reasons[1] and "rate" in sel.reasons[2]
+    assert "median amplitude" in sel.reasons[3] and sel.reasons[0] == ""
+
+
+def test_spike_order_does_not_matter():
+    units, amps = _spikes([(300, 1.0), (200, 0.7), (250, 0.95)])
+    perm = np.random.default_rng(1).permutation(units.size)
+    a = select_units(units, amps, n_units=3, duration_s=100.0, min_median_amplitude=0.8)
+    b = select_units(units[perm], amps[perm], n_units=3, duration_s=100.0, min_median_amplitude=0.8)
+    assert a.alive.tolist() == b.alive.tolist() == [True, False, True]
+    np.testing.assert_array_equal(a.median_amplitude, b.median_amplitude)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(unit_index=[0, 5], amplitude=[1.0, 1.0], n_units=3, duration_s=1.0), "unit_index"),
+        (dict(unit_index=[0], amplitude=[1.0, 1.0], n_units=3, duration_s=1.0), "one length"),
+        (dict(unit_index=[0], amplitude=[1.0], n_units=3, duration_s=0.0), "duration_s"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        select_units(**kwargs)

@@ -1,0 +1,394 @@
+"""Drift estimation and correction kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shardsort.detect import nearest_neighbours, neighbour_mask
+from shardsort.motion import (
+    WEIGHT_SCALE,
+    channel_displacement,
+    correct_motion,
+    depth_bin_edges,
+    depth_windows,
+    estimate_motion,
+    interpolation_matrix,
+    localized_peaks,
+    pairwise_shifts,
+    peak_histogram,
+    solve_displacement,
+    time_bins_of_chunk,
+)
+from shardsort.preprocess import (
+    apply_preprocessing,
+    bandpass_filter,
+    design_bandpass,
+    robust_noise_scale,
+)
+from shardsort.synth import (
+    SynthParams,
+    drift_displacement_um,
+    generate_spike_trains,
+    generate_units,
+    neuropixels_like_geometry,
+    render_samples,
+    spike_templates,
+)
+
+RATE = 30000.0
+BIN_SAMPLES = 60000  # 2 s time bins
+
+
+def _planted_peaks(drift, *, n_bins=30, n_units=40, top_um=620.0, seed=0):
+    """Peaks of units at random depths that move by ``drift(time_s, depth_um)``."""
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(0.0, top_um, n_units)
+    amplitude = rng.uniform(6.0, 30.0, n_units)
+    samples, units = [], []
+    for unit in range(n_units):
+        count = rng.poisson(5.0 * n_bins * BIN_SAMPLES / RATE)
+        samples.append(np.sort(rng.integers(0, n_bins * BIN_SAMPLES, count)))
+        units.append(np.full(count, unit))
+    samples, units = np.concatenate(samples), np.concatenate(units)
+    y = depth[units] + drift(samples / RATE, depth[units]) + rng.normal(0.0, 3.0, len(units))
+    amp = -amplitude[units] * rng.uniform(0.8, 1.2, len(units))
+    return samples, y, amp
+
+
+def _histogram(samples, y, amp, positions, n_bins, bin_um=5.0):
+    edges = depth_bin_edges(positions, bin_um=bin_um)
+    counts = peak_histogram(
+        samples, y, amp, bin_samples=BIN_SAMPLES, first_bin=0, n_bins=n_bins,
+        depth_edges_um=edges,
+    )
+    return counts / WEIGHT_SCALE, 0.5 * (edges[1:] + edges[:-1])
+
+
+def _centred(values):
+    return values - values.mean(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Histograms
+# ---------------------------------------------------------------------------
+
+
+def test_histogram_weights_are_quantised_log_amplitudes():
+    positions = neuropixels_like_geometry(8)  # y 0 .. 60
+    edges = depth_bin_edges(positions, bin_um=10.0)
+    np.testing.assert_allclose(edges, np.arange(-10.0, 71.0, 10.0))
+    counts = peak_histogram(
+        [5, 7, 60_001, 200_000], [12.0, 13.0, -40.0, 30.0], [-9.0, -5.0, -4.0, -6.0],
+        bin_samples=BIN_SAMPLES, first_bin=0, n_bins=2, depth_edges_um=edges,
+    )
+    assert counts.dtype == np.int64 and counts.shape == (2, 8)
+    weight = np.rint(WEIGHT_SCALE * np.log1p([9.0, 5.0, 4.0])).astype(int)
+    assert counts[0, 2] == weight[0] + weight[1]  # 12 and 13 um share bin [10, 20)
+    assert counts[1, 0] == weight[2]  # below the probe: clipped into the first bin
+    assert counts.sum() == weight.sum()  # sample 200 000 lies in bin 3: ignored
+    empty = peak_histogram([], [], [], bin_samples=10, first_bin=4, n_bins=3,
+                           depth_edges_um=edges)
+    assert empty.shape == (3, 8) and not empty.any()
+
+
+def test_chunk_histograms_add_up_to_the_whole_recording_exactly():
+    samples, y, amp = _planted_peaks(lambda t, d: 0.0 * t, n_bins=10)
+    positions = neuropixels_like_geometry(64)
+    edges = depth_bin_edges(positions, bin_um=5.0)
+    n_samples = 10 * BIN_SAMPLES
+    whole = peak_histogram(samples, y, amp, bin_samples=BIN_SAMPLES, first_bin=0,
+                           n_bins=10, depth_edges_um=edges)
+    for chunk in (77_777, 150_000, n_samples):
+        total = np.zeros_like(whole)
+        for start in range(0, n_samples, chunk):
+            stop = min(start + chunk, n_samples)
+            first, n = time_bins_of_chunk(start, stop, bin_samples=BIN_SAMPLES)
+            inside = (samples >= start) & (samples < stop)
+            total[first : first + n] += peak_histogram(
+                samples[inside], y[inside], amp[inside], bin_samples=BIN_SAMPLES,
+                first_bin=first, n_bins=n, depth_edges_um=edges,
+            )
+        np.testing.assert_array_equal(total, whole)
+    assert time_bins_of_chunk(120_000, 120_000, bin_samples=BIN_SAMPLES) == (2, 0)
+    assert time_bins_of_chunk(59_999, 60_001, bin_samples=BIN_SAMPLES) == (0, 2)
+
+
+def test_histogram_arguments_are_checked():
+    edges = np.array([0.0, 10.0])
+    with pytest.raises(ValueError, match="bin_samples must be >= 1, got 0"):
+        peak_histogram([1], [1.0], [1.0], bin_samples=0, first_bin=0, n_bins=1,
+                       depth_edges_um=edges)
+    with pytest.raises(ValueError, match="depth_edges_um must be an increasing"):
+        peak_histogram([1], [1.0], [1.0], bin_samples=1, first_bin=0, n_bins=1,
+                       depth_edges_um=[3.0, 1.0])
+    with pytest.raises(ValueError, match="equal length"):
+        peak_histogram([1, 2], [1.0], [1.0], bin_samples=1, first_bin=0, n_bins=1,
+                       depth_edges_um=edges)
+    with pytest.raises(ValueError, match="bin_um must be a finite number > 0"):
+        depth_bin_edges(neuropixels_like_geometry(4), bin_um=0.0)
+
+
+# ---------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------
+
+
+def test_pairwise_shift_of_a_moved_histogram():
+    rng = np.random.default_rng(1)
+    base = np.zeros(120)
+    base[rng.integers(20, 100, 12)] = rng.uniform(1.0, 5.0, 12)
+    hist = np.stack([np.roll(base, shift) for shift in (0, 3, -4, 7)])
+    lag, corr = pairwise_shifts(hist, max_lag_bins=15)
+    shifts = np.array([0, 3, -4, 7])
+    np.testing.assert_allclose(lag, shifts[None, :] - shifts[:, None], atol=1e-3)
+    assert corr.min() > 0.99
+    np.testing.assert_array_equal(lag, -lag.T)
+    # A flat histogram correlates with nothing.
+    lag, corr = pairwise_shifts(np.vstack([hist[:1], np.ones((1, 120))]), max_lag_bins=5)
+    assert corr[0, 1] == corr[1, 0] == corr[1, 1] == 0.0
+
+
+def test_least_squares_recovers_displacements_and_ignores_outlying_pairs():
+    rng = np.random.default_rng(2)
+    truth = _centred(np.cumsum(rng.normal(0.0, 1.0, 40)))
+    lag = truth[None, :] - truth[:, None] + rng.normal(0.0, 0.05, (40, 40))
+    lag = 0.5 * (lag - lag.T)
+    weight = np.ones((40, 40))
+    np.testing.assert_allclose(solve_displacement(lag, weight, robust_iterations=0),
+                               truth, atol=0.05)
+    bad = np.triu(rng.uniform(size=(40, 40)) < 0.15, 1)
+    bad |= bad.T
+    corrupted = np.where(bad, lag + np.sign(lag + 0.1) * 12.0, lag)
+    plain = solve_displacement(corrupted, weight, robust_iterations=0)
+    robust = solve_displacement(corrupted, weight, robust_iterations=10)
+    assert np.abs(plain - truth).max() > 1.0
+    np.testing.assert_allclose(robust, truth, atol=0.2)
+    # A time bin without any pair takes the mean of its neighbours.
+    holes = weight.copy()
+    holes[10, :] = holes[:, 10] = 0.0
+    fitted = solve_displacement(lag, holes, robust_iterations=0)
+    assert abs(fitted[10] - 0.5 * (fitted[9] + fitted[11])) < 1e-3
+
+
+@pytest.mark.parametrize("shape", ["linear", "step"])
+def test_rigid_drift_is_recovered_from_planted_peaks(shape):
+    n_bins = 30
+    duration = n_bins * BIN_SAMPLES / RATE
+    if shape == "linear":
+        def drift(t, d):
+            return 40.0 * t / duration + 0.0 * d
+    else:
+        def drift(t, d):
+            return np.where(t >= duration / 2, -25.0, 0.0) + 0.0 * d
+    samples, y, amp = _planted_peaks(drift, n_bins=n_bins)
+    positions = neuropixels_like_geometry(64)
+    hist, depth = _histogram(samples, y, amp, positions, n_bins)
+    estimate, centres = estimate_motion(
+        hist, depth_um=depth, channel_depths_um=positions[:, 1], bin_um=5.0,
+        max_displacement_um=100.0,
+    )
+    assert estimate.shape == (n_bins, 1) and centres.shape == (1,)
+    time_s = (np.arange(n_bins) + 0.5) * BIN_SAMPLES / RATE
+    truth = _centred(drift(time_s, 0.0))
+    assert np.abs(estimate[:, 0] - truth).max() < 2.0
+    # Deterministic.
+    again, _ = estimate_motion(
+        hist, depth_um=depth, channel_depths_um=positions[:, 1], bin_um=5.0,
+        max_displacement_um=100.0,
+    )
+    np.testing.assert_array_equal(again, estimate)
+
+
+def test_non_rigid_drift_differs_between_top_and_bottom():
+    n_bins = 30
+    duration = n_bins * BIN_SAMPLES / RATE
+
+    def drift(t, d):  # -20 um at the bottom, +20 um at the top (620 um)
+        return (t / duration) * (-20.0 + 40.0 * np.clip(d / 620.0, 0.0, 1.0))
+
+    samples, y, amp = _planted_peaks(drift, n_bins=n_bins, n_units=60)
+    positions = neuropixels_like_geometry(64)
+    hist, depth = _histogram(samples, y, amp, positions, n_bins)
+    kwargs = dict(depth_um=depth, channel_depths_um=positions[:, 1], bin_um=5.0,
+                  max_displacement_um=100.0, window_step_um=150.0, window_sigma_um=75.0)
+    estimate, centres = estimate_motion(hist, rigid=False, **kwargs)
+    assert len(centres) == 4
+    time_s = (np.arange(n_bins) + 0.5) * BIN_SAMPLES / RATE
+    truth = _centred(drift(time_s[:, None], centres[None, :]))
+    assert np.abs(estimate - truth).max() < 4.0, np.abs(estimate - truth).max(axis=0)
+    # Bottom and top move in opposite directions; a rigid fit cannot follow both.
+    assert estimate[-1, 0] - estimate[0, 0] < -8.0 < 8.0 < estimate[-1, -1] - estimate[0, -1]
+    rigid, _ = estimate_motion(hist, rigid=True, **kwargs)
+    assert np.abs(rigid - truth).max() > 6.0
+
+
+def test_depth_windows_tile_the_probe():
+    depth = np.arange(-5.0, 630.0, 5.0)
+    centres, weights = depth_windows(depth, channel_depths_um=[0.0, 620.0], rigid=False,
+                                     window_step_um=200.0, window_sigma_um=100.0)
+    np.testing.assert_allclose(centres, [620.0 / 6, 310.0, 620.0 * 5 / 6])
+    assert weights.shape == (3, len(depth)) and weights.max() <= 1.0
+    centres, weights = depth_windows(depth, channel_depths_um=[0.0, 620.0], rigid=True,
+                                     window_step_um=200.0, window_sigma_um=100.0)
+    np.testing.assert_array_equal(centres, [310.0])
+    assert np.all(weights == 1.0)
+    with pytest.raises(ValueError, match="window_sigma_um must be a finite number > 0"):
+        depth_windows(depth, channel_depths_um=[0.0], rigid=False, window_step_um=1.0,
+                      window_sigma_um=-1.0)
+
+
+def _preprocessed(params):
+    """Render, band-pass and scale a synthetic recording as the workflow does."""
+    units = generate_units(params)
+    samples, labels = generate_spike_trains(params)
+    templates, index = spike_templates(params, units["templates_uv"], samples, labels)
+    raw = render_samples(templates, samples, index, params=params, start_sample=0,
+                         stop_sample=params.n_samples).astype(np.float32)
+    sos = design_bandpass(sampling_rate_hz=params.sampling_rate_hz, freq_min_hz=300.0,
+                          freq_max_hz=6000.0, order=3)
+    filtered = bandpass_filter(raw, sos=sos, core_start=0, core_stop=len(raw),
+                               at_recording_start=True, at_recording_end=True)
+    return apply_preprocessing(filtered, scales=robust_noise_scale(filtered),
+                               reference_mode="global")
+
+
+def test_drift_of_a_synthetic_recording_is_recovered_within_a_few_um():
+    """The chain of the workflow: peaks, depth, histogram, registration."""
+    params = SynthParams(n_channels=32, duration_s=40.0, n_units=30, seed=7, drift_um=30.0)
+    positions = neuropixels_like_geometry(params.n_channels)
+    margin = 100
+    window = np.pad(_preprocessed(params), ((margin, margin), (0, 0)))
+    peaks = localized_peaks(
+        window, core_start=margin, core_stop=len(window) - margin, threshold=5.0,
+        neighbour_mask=neighbour_mask(positions, radius_um=60.0), exclude_samples=9,
+        good_mask=None, neighbours=nearest_neighbours(positions, n_neighbours=10),
+        positions_um=positions, pre_samples=30, post_samples=45,
+    )
+    n_bins = 20
+    hist, depth = _histogram(peaks["sample_index"], peaks["y_um"], peaks["amplitude"],
+                             positions, n_bins)
+    estimate, centres = estimate_motion(
+        hist, depth_um=depth, channel_depths_um=positions[:, 1], bin_um=5.0,
+        max_displacement_um=100.0, edge_um=30.0,
+    )
+    time_s = (np.arange(n_bins) + 0.5) * BIN_SAMPLES / RATE
+    truth = _centred(drift_displacement_um(params, time_s, centres[0]))
+    error = estimate[:, 0] - truth
+    assert np.sqrt(np.mean(error**2)) < 1.5 and np.abs(error).max() < 3.0, error.round(1)
+
+
+def test_estimate_arguments_are_checked():
+    hist = np.ones((3, 10))
+    kwargs = dict(depth_um=np.arange(10.0), channel_depths_um=[0.0, 9.0], bin_um=1.0)
+    with pytest.raises(ValueError, match="max_displacement_um must be a finite number > 0"):
+        estimate_motion(hist, max_displacement_um=0.0, **kwargs)
+    with pytest.raises(ValueError, match=r"edge_um \(5.0\) leaves no depth"):
+        estimate_motion(hist, max_displacement_um=3.0, edge_um=5.0, **kwargs)
+    with pytest.raises(ValueError, match=r"histograms must have shape \(n_time_bins, 10\)"):
+        estimate_motion(np.ones((3, 4)), max_displacement_um=3.0, **kwargs)
+    with pytest.raises(ValueError, match="robust_iterations must be >= 0"):
+        solve_displacement(np.zeros((2, 2)), np.ones((2, 2)), robust_iterations=-1)
+    zero, _ = estimate_motion(np.zeros((4, 10)), max_displacement_um=3.0, **kwargs)
+    np.testing.assert_array_equal(zero, 0.0)  # no peaks: no displacement
+
+
+# ---------------------------------------------------------------------------
+# Correction
+# ---------------------------------------------------------------------------
+
+
+def test_interpolation_without_displacement_is_nearly_the_identity():
+    positions = neuropixels_like_geometry(32)
+    matrix = interpolation_matrix(positions, np.zeros(32), sigma_um=20.0).toarray()
+    np.testing.assert_allclose(matrix, np.eye(32), atol=0.05)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=0.05)
+
+
+def test_borders_and_bad_channels():
+    positions = neuropixels_like_geometry(16)  # y 0 .. 140
+    shift = np.full(16, 25.0)  # the top row reads 165 um: beyond 140 + 10
+    zero = interpolation_matrix(positions, shift, sigma_um=20.0, border="zero").toarray()
+    assert not zero[-2:].any() and np.all(zero[:-2].sum(axis=1) > 0.5)
+    near = interpolation_matrix(positions, shift, sigma_um=20.0, border="nearest").toarray()
+    assert np.all(near.sum(axis=1) > 0.5)
+    good = np.ones(16, dtype=bool)
+    good[5] = False
+    masked = interpolation_matrix(positions, shift, sigma_um=20.0, good_mask=good).toarray()
+    assert not masked[5].any() and not masked[:, 5].any()
+    with pytest.raises(ValueError, match="border must be one of"):
+        interpolation_matrix(positions, shift, sigma_um=20.0, border="wrap")
+    with pytest.raises(ValueError, match="sigma_um must be a finite number > 0"):
+        interpolation_matrix(positions, shift, sigma_um=0.0)
+    with pytest.raises(ValueError, match=r"displacement_um must be finite with shape \(16,\)"):
+        interpolation_matrix(positions, shift[:3], sigma_um=20.0)
+
+
+@pytest.mark.parametrize("shift_um", [10.0, 20.0, 30.0])
+def test_correction_moves_a_shifted_waveform_back(shift_um):
+    params = SynthParams(n_channels=64, duration_s=1.0, n_units=12, seed=11,
+                         drift_um=shift_um, drift_shape="step")
+    units = generate_units(params)
+    inner = np.flatnonzero((units["unit_positions_um"][:, 1] > 150.0)
+                           & (units["unit_positions_um"][:, 1] < 450.0))
+    assert len(inner) >= 3
+    half = params.n_samples // 2
+    positions = neuropixels_like_geometry(params.n_channels)
+    for unit in inner:
+        samples = np.array([1000, half + 1000])
+        templates, index = spike_templates(params, units["templates_uv"], samples,
+                                           np.array([unit, unit]))
+        reference, moved = templates[index[0]], templates[index[1]]
+        corrected = correct_motion(
+            moved, start_sample=0, displacement_um=np.full((1, 64), shift_um),
+            bin_samples=len(moved), positions_um=positions, sigma_um=20.0,
+        )
+        before = np.linalg.norm(moved - reference)
+        after = np.linalg.norm(corrected - reference)
+        assert after < 0.5 * before, (unit, after / before)
+
+
+def test_chunked_correction_equals_the_whole_array():
+    rng = np.random.default_rng(3)
+    positions = neuropixels_like_geometry(24)
+    n_samples, bin_samples = 50_000, 7_000
+    traces = rng.standard_normal((n_samples, 24)).astype(np.float32)
+    n_bins = -(-n_samples // bin_samples)
+    displacement = np.cumsum(rng.normal(0.0, 4.0, (n_bins, 3)), axis=0)
+    per_channel = channel_displacement(displacement, [40.0, 110.0, 180.0], positions[:, 1])
+    good = np.ones(24, dtype=bool)
+    good[7] = False
+    kwargs = dict(displacement_um=per_channel, bin_samples=bin_samples, positions_um=positions,
+                  sigma_um=20.0, good_mask=good)
+    whole = correct_motion(traces, start_sample=0, **kwargs)
+    assert whole.dtype == np.float32 and not whole[:, 7].any()
+    for chunk in (1, 4_999, 7_000, 12_345):
+        starts = range(0, n_samples, chunk) if chunk > 1 else [0, 1, 2, 6_999, 7_000]
+        for start in starts:
+            stop = min(start + max(chunk, 3), n_samples)
+            part = correct_motion(traces[start:stop], start_sample=start, **kwargs)
+            np.testing.assert_array_equal(part, whole[start:stop])
+    # Continuous in time: no jump at bin borders beyond the signal's own.
+    smooth = correct_motion(np.ones((n_samples, 24), np.float32), start_sample=0, **kwargs)
+    assert np.abs(np.diff(smooth, axis=0)).max() < 1e-2
+
+
+def test_channel_displacement_interpolates_between_windows():
+    disp = np.array([[0.0, 10.0], [4.0, -4.0]])
+    out = channel_displacement(disp, [100.0, 200.0], [0.0, 150.0, 300.0])
+    np.testing.assert_allclose(out, [[0.0, 5.0, 10.0], [4.0, 0.0, -4.0]])
+    rigid = channel_displacement(disp[:, :1], [150.0], [0.0, 10.0])
+    np.testing.assert_allclose(rigid, [[0.0, 0.0], [4.0, 4.0]])
+    with pytest.raises(ValueError, match="window_centres_um must increase"):
+        channel_displacement(disp, [200.0, 100.0], [0.0])
+
+
+def test_empty_and_malformed_traces():
+    positions = neuropixels_like_geometry(4)
+    kwargs = dict(start_sample=0, displacement_um=np.zeros((2, 4)), bin_samples=10,
+                  positions_um=positions, sigma_um=20.0)
+    assert correct_motion(np.zeros((0, 4), np.float32), **kwargs).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"must have shape \(n_time_bins >= 1, 3\)"):
+        correct_motion(np.zeros((5, 3), np.float32), **kwargs)
+    with pytest.raises(ValueError, match="start_sample must be >= 0"):
+        correct_motion(np.zeros((5, 4), np.float32), **{**kwargs, "start_sample": -1})
