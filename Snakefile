@@ -21,6 +21,7 @@ include: "rules/preprocess.smk"
 include: "rules/motion.smk"
 include: "rules/detect.smk"
 include: "rules/sort.smk"
+include: "rules/nn.smk"
 include: "rules/outputs.smk"
 include: "rules/report.smk"
 

@@ -172,12 +172,15 @@ def generate_recording(
     n_units: int,
     seed: int,
     processes: int = 2,
+    synth: dict | None = None,
 ) -> Recording:
     """Generate a ground-truth recording with :mod:`shardsort.synth` (cached).
 
     The recording is rendered by ``processes`` processes in independent time
     ranges (the generator renders any range to the bytes of the whole file).
-    A folder whose ``params.json`` matches is reused as is.
+    ``synth`` holds further :class:`shardsort.synth.SynthParams` fields
+    (``noise_uv``, ``snr_min``, ...). A folder whose ``params.json`` matches
+    is reused as is.
     """
     from shardsort.synth import (
         GENERATION_BLOCK_SAMPLES,
@@ -186,7 +189,11 @@ def generate_recording(
     )
 
     params = SynthParams(
-        n_channels=n_channels, duration_s=duration_s, n_units=n_units, seed=seed
+        n_channels=n_channels,
+        duration_s=duration_s,
+        n_units=n_units,
+        seed=seed,
+        **(synth or {}),
     )
     target = folder / name
     recording = Recording(
@@ -206,6 +213,7 @@ def generate_recording(
             "duration_s": duration_s,
             "n_units": n_units,
             "seed": seed,
+            **({"synth": synth} if synth else {}),
         },
         sort_keys=True,
     )

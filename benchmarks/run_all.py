@@ -10,6 +10,9 @@ Sections (run in this order; ``--only`` picks some):
 ``scale``       384- and 1,024-channel sorts: time versus duration, memory, overhead
 ``plan``        dry-run planning time and job counts up to a 1-hour 384-channel
                 recording (sparse files), fixed start-up cost of one job
+``nn``          network detection (detect.method: nn) against threshold
+                detection: detection precision/recall and sort accuracy on the
+                demo and a noisier variant (``--quick``: 32 channels, 20 s)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -19,7 +22,7 @@ partial run updates its sections only. Scratch data and workflow runs go to
 
 Examples::
 
-    python benchmarks/run_all.py                       # everything (~45 min, 2 cores)
+    python benchmarks/run_all.py                       # everything (~75 min, 2 cores)
     python benchmarks/run_all.py --quick               # small sizes (a few minutes)
     python benchmarks/run_all.py --only preprocess --only detection
     python benchmarks/run_all.py --only scale --scale-minutes 2,5,10 --wide-minutes 1
@@ -43,6 +46,7 @@ from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import bench_detection  # noqa: E402
+import bench_nn  # noqa: E402
 import bench_plan  # noqa: E402
 import bench_preprocess  # noqa: E402
 import bench_scale  # noqa: E402
@@ -50,15 +54,16 @@ import bench_sort  # noqa: E402
 from benchlib import Context, Table, load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("preprocess", "sort", "detection", "scale", "plan")
+SECTIONS = ("preprocess", "sort", "detection", "scale", "plan", "nn")
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
     "detection": "2. Detection against ground truth (issue 4)",
     "sort": "3. Sort accuracy and wall time (issue 5)",
     "scale": "4. Scale (issue 7)",
     "plan": "4b. Planning large recordings (issue 7)",
+    "nn": "5. Network detection versus threshold (issue 8)",
 }
-SUMMARY_ORDER = ("preprocess", "detection", "sort", "scale", "plan")
+SUMMARY_ORDER = ("preprocess", "detection", "sort", "scale", "plan", "nn")
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
 
@@ -230,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_scale.run(ctx)
             elif name == "plan":
                 tables = bench_plan.run(ctx)
+            elif name == "nn":
+                tables = bench_nn.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)

@@ -1,11 +1,13 @@
 # Workflow Python: recordings, shard plans and input functions. Rules stay declarative.
 import shardsort
+from shardsort.nn import TENSORFLOW_JOB_MB
 from shardsort.workflow import (
     DEMO_DIR,
     DEMO_GEOMETRY,
     DEMO_GROUND_TRUTH,
     DEMO_PATH,
     load_context,
+    nn_model_dir,
 )
 from shardsort.preprocess import design_bandpass
 
@@ -17,6 +19,11 @@ LOGS = "results/{recording}/logs"
 BENCH = "results/{recording}/benchmarks"
 # Rerun a stage when the package's version (and so its kernels) changes.
 CODE_VERSION = shardsort.__version__
+# detect.method: nn runs a first threshold pass (results/<recording>/pass1/),
+# trains the networks on it (unless a fixed model is given) and detects again.
+NN = config["detect"]["method"] == "nn"
+# Folder of a fixed model (detector/ and triage/), or None: trained per recording.
+NN_MODEL_DIR = nn_model_dir(config) if NN else None
 # Drift correction: when on, the sort reads motion-corrected chunks.
 MOTION = config["motion"]["enabled"]
 
@@ -94,6 +101,14 @@ def get_band(wildcards):
     return {k: pre[k] for k in ("freq_min_hz", "freq_max_hz", "filter_order")}
 
 
+def get_detect_settings(wildcards):
+    """Threshold detection and waveform settings: the choice of detector and
+    model (detect.method, detect.nn_model) does not rerun the threshold stages."""
+    return {
+        k: v
+        for k, v in config["detect"].items()
+        if k not in ("method", "nn_model")
+    }
 def get_sos(wildcards):
     """Second-order sections of the band-pass, designed once here so that the
     per-chunk filter jobs need not import scipy.signal (about 1 s each)."""
@@ -254,11 +269,68 @@ def get_noise_chunks(wildcards):
 
 
 def get_detected(wildcards):
+    """Per-chunk detections of the final pass: threshold, or network (detect.method)."""
+    if NN:
+        pattern = "results/{recording}/detect_nn/t{chunk}.npz"
+    else:
+        pattern = "results/{recording}/detect/t{chunk}.npz"
     return expand(
-        "results/{recording}/detect/t{chunk}.npz",
+        pattern, recording=wildcards.recording, chunk=chunk_ids(wildcards.recording)
+    )
+
+
+def get_detected_pass1(wildcards):
+    return expand(
+        "results/{recording}/pass1/detect/t{chunk}.npz",
         recording=wildcards.recording,
         chunk=chunk_ids(wildcards.recording),
     )
+
+
+def get_clustered_pass1(wildcards):
+    return expand(
+        "results/{recording}/pass1/cluster/g{group}.npz",
+        recording=wildcards.recording,
+        group=group_ids(wildcards.recording),
+    )
+
+
+def get_template_parts_pass1(wildcards):
+    return expand(
+        "results/{recording}/pass1/templates/t{chunk}.npz",
+        recording=wildcards.recording,
+        chunk=chunk_ids(wildcards.recording),
+    )
+
+
+def get_nn_models(wildcards):
+    """Model files of the networks: trained on the recording, or a fixed model."""
+    if NN_MODEL_DIR is None:
+        base = f"{RESULTS}/{wildcards.recording}/nn"
+    else:
+        base = NN_MODEL_DIR
+    return {
+        "detector": f"{base}/detector/model.keras",
+        "detector_sidecar": f"{base}/detector/model.yaml",
+        "triage": f"{base}/triage/model.keras",
+        "triage_sidecar": f"{base}/triage/model.yaml",
+    }
+
+
+def get_nn_detection(wildcards):
+    """Only the settings that change network detection (not its training)."""
+    nn = config["nn"]
+    return {k: nn[k] for k in ("probability_threshold", "triage_threshold")}
+
+
+def get_nn_training(wildcards):
+    """Only the settings that change the networks' training."""
+    nn = config["nn"]
+    return {
+        k: v
+        for k, v in nn.items()
+        if k not in ("probability_threshold", "triage_threshold")
+    }
 
 
 def get_clustered(wildcards):
@@ -301,3 +373,8 @@ def get_job_mem_mb(wildcards):
             n_channels=plan.n_channels,
         )
     )
+
+
+def get_nn_job_mem_mb(wildcards):
+    """Memory request of a per-chunk job that runs the networks."""
+    return get_job_mem_mb(wildcards) + TENSORFLOW_JOB_MB

@@ -9,9 +9,9 @@ rule feature_basis:
         basis="results/{recording}/detect/basis.h5",
     params:
         recording=get_recording,
-        plan=get_plan,
+        margin_samples=get_margin("detect"),
         segments=get_pca_segments,
-        detect=config["detect"],
+        detect=get_detect_settings,
         seed=config["seed"],
         code=CODE_VERSION,
     log:
@@ -35,7 +35,7 @@ rule detect:
         recording=get_recording,
         chunk=get_chunk,
         margin_samples=get_margin("detect"),
-        detect=config["detect"],
+        detect=get_detect_settings,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

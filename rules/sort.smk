@@ -52,7 +52,7 @@ rule template_sums:
         recording=get_recording,
         chunk=get_chunk,
         margin_samples=get_margin("templates"),
-        detect=config["detect"],
+        detect=get_detect_settings,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,
@@ -76,7 +76,7 @@ rule templates:
         basis="results/{recording}/deconv_basis.npz",
     params:
         recording=get_recording,
-        detect=config["detect"],
+        detect=get_detect_settings,
         templates=config["templates"],
         segments=get_noise_segments,
         seed=config["seed"],

@@ -1,19 +1,21 @@
 """cluster[g]: cluster the spikes whose main channel lies in channel group g."""
 
+import h5py
 import numpy as np
 
 from shardsort.cluster import cluster_spikes
-from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.jobs import job_logger, write_npz
 
 log = job_logger(snakemake)
 group = snakemake.params.group
 cfg = snakemake.params.cluster
-spikes = read_h5(snakemake.input.spikes, keys=["peaks"])["peaks"]
-channels = spikes["channel_index"]
-rows = np.flatnonzero(
-    (channels >= group["channel_start"]) & (channels < group["channel_stop"])
-)
-with __import__("h5py").File(snakemake.input.spikes, "r") as f:
+with h5py.File(snakemake.input.spikes, "r") as f:
+    channels = f["peaks"]["channel_index"]
+    wanted = (channels >= group["channel_start"]) & (channels < group["channel_stop"])
+    # Network detection: collided spikes are left to deconvolution.
+    if "collided" in f:
+        wanted &= ~f["collided"][()].astype(bool)
+    rows = np.flatnonzero(wanted)
     features = f["features"][rows] if len(rows) else np.zeros((0,) + f["features"].shape[1:], np.float32)
 labels = cluster_spikes(
     features,

@@ -15,14 +15,13 @@ from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
-plan = snakemake.params.plan
 det = snakemake.params.detect
 rate = spec["sampling_rate_hz"]
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
 pre, post = ms_to_samples(det["ms_before"], rate), ms_to_samples(det["ms_after"], rate)
 exclude = ms_to_samples(det["exclude_ms"], rate)
-margin = plan["margins"]["detect"]
+margin = int(snakemake.params.margin_samples)
 mask = neighbour_mask(positions, radius_um=det["radius_um"])
 neighbours = nearest_neighbours(positions, n_neighbours=min(det["n_neighbours"], len(positions)))
 

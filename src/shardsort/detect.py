@@ -670,11 +670,6 @@ exclude_samples, good_mask
         Temporal PCA scores on each of the spike's ``k`` feature channels.
     """
     traces = _check_traces("window", window)
-    table = np.asarray(neighbours)
-    if table.ndim != 2 or table.shape[0] != traces.shape[1]:
-        raise ValueError(
-            f"neighbours must have shape ({traces.shape[1]}, k), got {table.shape}"
-        )
     peaks = detect_peaks(
         traces,
         core_start=core_start,
@@ -684,6 +679,61 @@ exclude_samples, good_mask
         exclude_samples=exclude_samples,
         good_mask=good_mask,
     )
+    return featurize_peaks(
+        traces,
+        peaks,
+        core_start=core_start,
+        neighbours=neighbours,
+        positions_um=positions_um,
+        pre_samples=pre_samples,
+        post_samples=post_samples,
+        pca_basis=pca_basis,
+    )
+
+
+def featurize_peaks(
+    window: npt.NDArray[np.float32],
+    peaks: np.ndarray,
+    *,
+    core_start: int,
+    neighbours: npt.NDArray[np.integer],
+    positions_um: npt.NDArray[np.floating],
+    pre_samples: int,
+    post_samples: int,
+    pca_basis: TemporalBasis,
+) -> tuple[np.ndarray, npt.NDArray[np.float32]]:
+    """Position and temporal-PCA features of peaks found in a window's core.
+
+    Whatever found the peaks (threshold or network), each spike gets the
+    same description: :func:`extract_snippets` on ``neighbours[channel_index]``,
+    :func:`localize_spikes` and :func:`project_temporal`.
+
+    Parameters
+    ----------
+    window : ndarray of float32, shape (n_samples, n_channels)
+        Preprocessed traces; at least ``pre_samples`` before and
+        ``post_samples`` after every peak (or zero padding).
+    peaks : ndarray of PEAK_DTYPE, shape (n_peaks,)
+        ``sample_index`` relative to ``core_start``.
+    core_start : int
+        Index of the core's first sample in ``window``.
+    neighbours, positions_um, pre_samples, post_samples, pca_basis
+        As in :func:`detect_chunk`.
+
+    Returns
+    -------
+    peaks : ndarray of PEAK_DTYPE, shape (n_peaks,)
+        A copy with ``x_um`` / ``y_um`` filled in.
+    features : ndarray of float32, shape (n_peaks, k, n_components)
+        Temporal PCA scores on each of the spike's ``k`` feature channels.
+    """
+    traces = _check_traces("window", window)
+    table = np.asarray(neighbours)
+    if table.ndim != 2 or table.shape[0] != traces.shape[1]:
+        raise ValueError(
+            f"neighbours must have shape ({traces.shape[1]}, k), got {table.shape}"
+        )
+    peaks = np.array(peaks, copy=True)
     channels = table[peaks["channel_index"]]
     snippets = extract_snippets(
         traces,

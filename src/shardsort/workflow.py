@@ -64,6 +64,89 @@ def check_config(config: dict) -> None:
             f"motion.time_horizon_s ({motion['time_horizon_s']}) must be 0 (all pairs) "
             f"or at least motion.time_bin_s ({motion['time_bin_s']})"
         )
+    nn = config["nn"]
+    low, high = nn["amplitude_range"]
+    if low > high:
+        raise ConfigError(
+            f"nn.amplitude_range ({[low, high]}) must be [low, high] with low <= high"
+        )
+    if config["detect"]["method"] == "nn":
+        nn_model_sidecars(config)  # a fixed model must exist and be complete
+
+
+#: The networks of ``detect.method: nn``, each a folder with its sidecar.
+NN_KINDS = ("detector", "triage")
+
+
+def nn_model_dir(config: dict) -> str | None:
+    """Folder holding ``detector/`` and ``triage/`` of a fixed model, or None.
+
+    None for ``detect.nn_model: trained`` (trained per recording from a first
+    threshold pass, under ``results/<recording>/nn/``); the shipped models
+    for ``default``; otherwise the path given.
+    """
+    choice = config["detect"]["nn_model"]
+    if choice == "trained":
+        return None
+    if choice == "default":
+        from .nn import DEFAULT_MODELS_DIR
+
+        return str(DEFAULT_MODELS_DIR)
+    return choice
+
+
+def nn_model_sidecars(config: dict) -> dict[str, dict] | None:
+    """Sidecars of a fixed model's networks by kind, or None for a trained one."""
+    from .nn.modelinfo import read_sidecar
+
+    folder = nn_model_dir(config)
+    if folder is None:
+        return None
+    sidecars = {}
+    for kind in NN_KINDS:
+        try:
+            sidecars[kind] = read_sidecar(Path(folder) / kind)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(
+                f"detect.nn_model ({config['detect']['nn_model']!r}) must be "
+                "'trained', 'default' or a folder holding detector/ and triage/ "
+                f"model folders (model.keras and model.yaml each): {error}"
+            ) from None
+        if sidecars[kind]["kind"] != kind:
+            raise ConfigError(
+                f"detect.nn_model: {Path(folder) / kind} holds a "
+                f"{sidecars[kind]['kind']!r} model, expected a {kind!r} model"
+            )
+    return sidecars
+
+
+def nn_filter_samples(config: dict, sampling_rate_hz: float) -> int:
+    """Odd length of the detector's temporal filters (``nn.filter_ms``)."""
+    return 2 * (ms_to_samples(config["nn"]["filter_ms"], sampling_rate_hz) // 2) + 1
+
+
+def nn_geometry(config: dict, sampling_rate_hz: float) -> dict[str, int]:
+    """What the networks of ``detect.method: nn`` need of a chunk, in samples.
+
+    ``filter_samples`` (detector receptive field), ``triage_pre_samples`` and
+    ``triage_post_samples`` (the triage snippet around the trough), from the
+    configuration for trained networks, from the sidecars for a fixed model.
+    """
+    sidecars = nn_model_sidecars(config)
+    if sidecars is None:
+        before, after = waveform_samples(config, sampling_rate_hz)
+        return {
+            "filter_samples": nn_filter_samples(config, sampling_rate_hz),
+            "triage_pre_samples": before,
+            "triage_post_samples": after,
+        }
+    detector, triage = sidecars["detector"], sidecars["triage"]
+    pre = int(triage["pre_samples"])
+    return {
+        "filter_samples": int(detector["architecture"]["temporal_samples"]),
+        "triage_pre_samples": pre,
+        "triage_post_samples": int(triage["architecture"]["snippet_samples"]) - pre,
+    }
 
 
 def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
@@ -86,6 +169,44 @@ def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
                 f"recording {spec.name!r}: its channels span {span:g} um in depth, "
                 f"expected more than 2 x edge_um (or set motion.enabled: false)"
             )
+    if config["detect"]["method"] == "nn":
+        check_nn_model_fits(spec, config)
+
+
+def check_nn_model_fits(spec: RecordingSpec, config: dict) -> None:
+    """A fixed model (``detect.nn_model`` not ``trained``) must fit the recording.
+
+    Sampling rate, neighbourhood geometry (probe pitch) and whitening must
+    match what the networks were trained on (:mod:`shardsort.nn.modelinfo`).
+    """
+    from .nn.modelinfo import (
+        SIDECAR_FILE,
+        check_model_fits,
+        neighbour_offsets_um,
+        neighbour_table,
+    )
+
+    sidecars = nn_model_sidecars(config)
+    if sidecars is None:
+        return
+    folder = Path(nn_model_dir(config))
+    positions = spec.positions_array
+    for kind, sidecar in sidecars.items():
+        k = int(sidecar["n_neighbours"])
+        table = neighbour_table(positions, n_neighbours=k)
+        try:
+            check_model_fits(
+                sidecar,
+                source=folder / kind / SIDECAR_FILE,
+                sampling_rate_hz=spec.sampling_rate_hz,
+                neighbour_offsets_um=neighbour_offsets_um(positions, table),
+                whiten=config["preprocess"]["whiten"],
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"detect.nn_model ({config['detect']['nn_model']!r}) does not fit "
+                f"recording {spec.name!r}: {error}"
+            ) from None
 
 
 def waveform_samples(config: dict, sampling_rate_hz: float) -> tuple[int, int]:
@@ -112,7 +233,7 @@ def stage_margins(config: dict, sampling_rate_hz: float) -> dict[str, int]:
     before, after = waveform_samples(config, sampling_rate_hz)
     exclude = ms_to_samples(config["detect"]["exclude_ms"], sampling_rate_hz)
     width = before + after
-    return {
+    margins = {
         "filter": int(filter_margin_samples(sos)),
         "detect": int(
             detect_margin_samples(
@@ -124,6 +245,21 @@ def stage_margins(config: dict, sampling_rate_hz: float) -> dict[str, int]:
         # core; spikes overlapping it reach one more template length out.
         "deconvolve": int(3 * width),
     }
+    if config["detect"]["method"] == "nn":
+        from .nn.modelinfo import detect_nn_margin_samples
+
+        nn = nn_geometry(config, sampling_rate_hz)
+        margins["detect_nn"] = int(
+            detect_nn_margin_samples(
+                filter_samples=nn["filter_samples"],
+                exclude_samples=exclude,
+                pre_samples=before,
+                post_samples=after,
+                triage_pre_samples=nn["triage_pre_samples"],
+                triage_post_samples=nn["triage_post_samples"],
+            )
+        )
+    return margins
 
 
 @dataclass

@@ -3,6 +3,7 @@
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -120,3 +121,101 @@ def test_margins_cover_every_stage(config):
     margins = stage_margins(config, 30000.0)
     assert set(margins) == {"filter", "detect", "templates", "deconvolve"}
     assert all(m > 0 for m in margins.values())
+
+
+# ---------------------------------------------------------------------------
+# detect.method: nn
+# ---------------------------------------------------------------------------
+
+
+def _table(tmp_path, *, rate=30000.0, n_channels=32, geometry=None):
+    """A recordings table of one silent int16 recording (1000 samples)."""
+    from shardsort.synth import neuropixels_like_geometry
+
+    data = tmp_path / "rec.bin"
+    data.write_bytes(b"\0" * 2 * n_channels * 1000)
+    positions = neuropixels_like_geometry(n_channels) if geometry is None else geometry
+    np.save(tmp_path / "geometry.npy", positions)
+    table = tmp_path / "recs.tsv"
+    table.write_text(
+        "name\tpath\tformat\tsampling_rate_hz\tn_channels\tdtype\torder\tgain_to_uv\t"
+        f"offset_bytes\tgeometry\nrec\t{data}\tbinary\t{rate}\t{n_channels}\tint16\t"
+        f"samples\t1\t0\t{tmp_path / 'geometry.npy'}\n"
+    )
+    return str(table)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("nn", "probability_threshold", 1.0),
+        ("nn", "epochs", 0),
+        ("nn", "amplitude_range", [0.5]),
+        ("nn", "noise_lags", -1),
+        ("detect", "nn_model", ""),
+    ],
+)
+def test_nn_settings_out_of_range_are_errors(config, section, key, value):
+    config[section][key] = value
+    with pytest.raises(WorkflowError, match=key):
+        validate(config, SCHEMA)
+
+
+def test_nn_cross_field_checks(config, tmp_path):
+    bad = copy.deepcopy(config)
+    bad["nn"]["amplitude_range"] = [1.5, 0.5]
+    with pytest.raises(ConfigError, match=r"nn.amplitude_range \(\[1.5, 0.5\]\)"):
+        check_config(bad)
+    bad = copy.deepcopy(config)
+    bad["detect"].update(method="nn", nn_model=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"detect.nn_model \('.*nowhere'\) must be"):
+        check_config(bad)
+    # The model folder is only read with method nn.
+    bad["detect"]["method"] = "threshold"
+    check_config(bad)
+
+
+def test_default_model_fits_a_30khz_neuropixels_like_probe(config, tmp_path):
+    config["detect"].update(method="nn", nn_model="default")
+    config["recordings"] = _table(tmp_path)
+    ctx = load_context(config)
+    margins = ctx.plans["rec"].margins
+    # The default triage network reads 90-sample snippets, 60 after the trough.
+    assert margins["detect_nn"] == 60 > margins["detect"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rate": 20000.0}, "sampling_rate_hz of the model is 30000 Hz but the recording's is 20000 Hz"),
+        ({"pitch": 2.0}, "the recording's neighbourhood does not fit the model's: neighbour 1"),
+        ({"whiten": True}, r"the model was trained on unwhitened traces .* preprocess\.whiten is true"),
+    ],
+)
+def test_default_model_is_rejected_before_any_job_when_it_does_not_fit(
+    config, tmp_path, change, message
+):
+    from shardsort.synth import neuropixels_like_geometry
+
+    config["detect"].update(method="nn", nn_model="default")
+    config["preprocess"]["whiten"] = change.get("whiten", False)
+    config["recordings"] = _table(
+        tmp_path,
+        rate=change.get("rate", 30000.0),
+        geometry=neuropixels_like_geometry(32) * change.get("pitch", 1.0),
+    )
+    with pytest.raises(ConfigError, match=r"detect.nn_model \('default'\) does not fit "
+                       r"recording 'rec': .*model.yaml: " + message):
+        load_context(config)
+
+
+def test_trained_networks_set_the_detection_margin(config):
+    config["detect"]["method"] = "nn"
+    margins = stage_margins(config, 30000.0)
+    # 15-sample filters (0.5 ms) + 9-sample exclusion + 2 refine samples, and
+    # the 45 samples after the trough of the features and triage snippets.
+    assert margins["detect_nn"] == max(7 + 9 + 2, 30, 45) == margins["detect"]
+    config["nn"]["filter_ms"] = 3.0
+    assert stage_margins(config, 30000.0)["detect_nn"] == 45 + 9 + 2
+    config["detect"]["method"] = "threshold"
+    assert "detect_nn" not in stage_margins(config, 30000.0)

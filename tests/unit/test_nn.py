@@ -7,7 +7,13 @@ import pytest
 from scipy import signal
 
 from shardsort.detect import neighbour_mask
-from shardsort.nn import DEFAULT_MODELS_DIR, augment, configure_tensorflow, training
+from shardsort.nn import (
+    DEFAULT_MODELS_DIR,
+    augment,
+    configure_tensorflow,
+    modelinfo,
+    training,
+)
 from shardsort.nn import detector as nn_detector
 from shardsort.nn import triage as nn_triage
 from shardsort.tables import PEAK_DTYPE
@@ -665,3 +671,127 @@ def test_default_models_load_small_and_detect_planted_spikes():
     near = np.abs(peaks["sample_index"][:, None] - troughs[None, :]) <= 2
     hit = near & MASK[peaks["channel_index"][:, None], MAIN[units][None, :]]
     assert hit.any(axis=1).mean() >= 0.8 and hit.any(axis=0).mean() >= 0.8
+
+
+# ---------------------------------------------------------------------------
+# Fitting a saved model to a recording (no TensorFlow needed)
+# ---------------------------------------------------------------------------
+
+
+def _sidecar(**extra):
+    return {
+        "kind": "detector",
+        "sampling_rate_hz": RATE_HZ,
+        "n_neighbours": K,
+        "neighbour_offsets_um": nn_detector.neighbour_offsets_um(
+            POSITIONS, NEIGHBOURS
+        ).tolist(),
+        "preprocessing": {"whiten": False, "reference": "global"},
+        **extra,
+    }
+
+
+def test_check_model_fits_accepts_the_training_geometry_and_rejects_others():
+    offsets = nn_detector.neighbour_offsets_um(POSITIONS, NEIGHBOURS)
+    modelinfo.check_model_fits(
+        _sidecar(),
+        source="m.yaml",
+        kind="detector",
+        sampling_rate_hz=RATE_HZ * 1.005,
+        n_neighbours=K,
+        neighbour_offsets_um=offsets,
+        whiten=False,
+    )
+    with pytest.raises(ValueError, match=r"m\.yaml: kind of the model is 'detector'"):
+        modelinfo.check_model_fits(_sidecar(), source="m.yaml", kind="triage")
+    with pytest.raises(ValueError, match="sampling_rate_hz of the model is 30000 Hz"):
+        modelinfo.check_model_fits(_sidecar(), source="m", sampling_rate_hz=25000.0)
+    with pytest.raises(
+        ValueError,
+        match=r"trained on unwhitened traces .* but preprocess\.whiten is true",
+    ):
+        modelinfo.check_model_fits(_sidecar(), source="m", whiten=True)
+    # A probe of twice the pitch does not fit; nor one with too few channels.
+    wide = two_column_probe(N_CHANNELS // 2) * 2
+    table = nn_detector.neighbour_table(wide, n_neighbours=K)
+    with pytest.raises(ValueError, match=r"neighbour 1 of a central channel is 40\.0 um"):
+        modelinfo.check_model_fits(
+            _sidecar(),
+            source="m",
+            neighbour_offsets_um=nn_detector.neighbour_offsets_um(wide, table),
+        )
+    small = np.array([[0.0, 0.0], [0.0, 20.0]])
+    table = nn_detector.neighbour_table(small, n_neighbours=K)
+    with pytest.raises(ValueError, match="uses 5 channels per neighbourhood but .* only 2"):
+        modelinfo.check_model_fits(
+            _sidecar(),
+            source="m",
+            neighbour_offsets_um=nn_detector.neighbour_offsets_um(small, table),
+        )
+    # Sidecars without geometry or preprocessing skip those checks.
+    bare = {"kind": "detector", "sampling_rate_hz": RATE_HZ, "n_neighbours": K}
+    modelinfo.check_model_fits(bare, source="m", neighbour_offsets_um=offsets, whiten=True)
+
+
+def test_read_sidecar_needs_both_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model sidecar not found"):
+        modelinfo.read_sidecar(tmp_path)
+    (tmp_path / "model.yaml").write_text("kind: detector\n")
+    with pytest.raises(ValueError, match=r"missing entries \['sampling_rate_hz'"):
+        modelinfo.read_sidecar(tmp_path)
+    (tmp_path / "model.yaml").write_text(
+        "kind: detector\nsampling_rate_hz: 30000.0\nn_neighbours: 7\n"
+    )
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        modelinfo.read_sidecar(tmp_path)
+
+
+def test_default_models_record_the_default_preprocessing():
+    for kind in ("detector", "triage"):
+        sidecar = modelinfo.read_sidecar(DEFAULT_MODELS_DIR / kind)
+        assert sidecar["kind"] == kind
+        assert sidecar["preprocessing"] == {"whiten": False, "reference": "global"}
+
+
+def test_detect_nn_reports_a_spike_on_the_channel_where_it_is_largest():
+    # Hand-set network: logit[t, c] = max(0, -x[t, c]) - 3 on the channel's
+    # own trace (slot 0 of its neighbour table row).
+    model = nn_detector.build_detector(
+        n_neighbours=K, temporal_samples=1, n_temporal_filters=1, n_mixed_filters=1
+    )
+    model.get_layer("temporal").set_weights(
+        [np.full((1, 1, 1, 1), -1.0, np.float32), np.zeros(1, np.float32)]
+    )
+    model.get_layer("mixing").set_weights(
+        [np.ones((1, 1, 1, 1), np.float32), np.zeros(1)]
+    )
+    spatial = np.zeros((1, K, 1, 1), np.float32)
+    spatial[0, 0] = 1.0
+    model.get_layer("spatial").set_weights([spatial, np.full(1, -3.0, np.float32)])
+    traces = np.zeros((200, N_CHANNELS), np.float32)
+    traces[100, 4] = -4.0
+    traces[101, 6] = -9.0  # larger, one sample later, on a neighbour 20 um away
+    # The network sees nothing on channel 6 (its row reads silent channels),
+    # so it answers on channel 4 only; the spike is reported on channel 6.
+    table = NEIGHBOURS.copy()
+    table[6] = -1
+    peaks = nn_detector.detect_nn(
+        traces,
+        model,
+        core_start=0,
+        core_stop=200,
+        neighbours=table,
+        neighbour_mask=MASK,
+        exclude_samples=EXCLUDE,
+        probability_threshold=0.5,
+    )
+    assert peaks[["sample_index", "channel_index", "amplitude"]].tolist() == [
+        (101, 6, -9.0)
+    ]
+    # A bad channel is never chosen.
+    good = np.ones(N_CHANNELS, bool)
+    good[6] = False
+    peaks = detect(traces, model, good_mask=good)
+    assert peaks[["sample_index", "channel_index", "amplitude"]].tolist() == [
+        (100, 4, -4.0)
+    ]

@@ -2,6 +2,8 @@
 
 Modules
 -------
+modelinfo
+    Model sidecars and neighbour tables, checked without TensorFlow.
 augment
     Noise model and training examples synthesised from templates (numpy).
 detector
@@ -15,11 +17,13 @@ make_default
 
 TensorFlow runs with at most :data:`DEFAULT_THREADS` CPU threads unless
 :func:`configure_tensorflow` is called first, before any other TensorFlow
-work in the process. A GPU is used automatically when TensorFlow sees one.
+work in the process. A GPU is used automatically when TensorFlow sees one,
+except in workflow jobs, which call :func:`configure_job` first.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 #: Threads of TensorFlow's CPU pools when the caller does not choose.
@@ -27,6 +31,15 @@ DEFAULT_THREADS = 2
 
 #: Folder of the shipped default models (``detector/`` and ``triage/``).
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+#: TensorFlow threads of a workflow job. Fixed, because the thread count may
+#: change the order of floating-point sums, and results must not depend on
+#: ``--cores``.
+JOB_THREADS = 1
+
+#: Memory (MB) that importing TensorFlow and loading the networks adds to a
+#: job (measured about 630 MB of resident memory, numpy work included).
+TENSORFLOW_JOB_MB = 600
 
 
 def configure_tensorflow(*, n_threads: int) -> None:
@@ -81,3 +94,22 @@ def limit_threads_by_default() -> None:
             configure_tensorflow(n_threads=DEFAULT_THREADS)
         except RuntimeError:
             return
+
+
+def configure_job() -> None:
+    """TensorFlow settings of a workflow job; call before any TensorFlow work.
+
+    CPU only (so a job gives the same answer on any machine), at most
+    :data:`JOB_THREADS` threads, deterministic kernels
+    (``enable_op_determinism``), and TensorFlow's C++ information messages
+    off (warnings and errors still reach the job's log).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised: leave them
+        pass
+    configure_tensorflow(n_threads=JOB_THREADS)
+    tf.config.experimental.enable_op_determinism()

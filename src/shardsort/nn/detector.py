@@ -31,17 +31,20 @@ import keras
 import numpy as np
 import numpy.typing as npt
 
-from shardsort.detect import detect_peaks, nearest_neighbours
+from shardsort.detect import detect_peaks
 from shardsort.nn import limit_threads_by_default
 from shardsort.tables import PEAK_DTYPE
 
 from ..checks import check_int as _check_int
+from .modelinfo import REFINE_SAMPLES as REFINE_SAMPLES  # re-exported
+from .modelinfo import check_neighbour_table as _check_neighbour_table
+from .modelinfo import detector_margin_samples
+from .modelinfo import neighbour_offsets_um as neighbour_offsets_um  # re-exported
+from .modelinfo import neighbour_table as neighbour_table  # re-exported
 
 #: Name of every detector model (checked when a model is used).
 MODEL_NAME = "nn_detector"
 
-#: The reported trough is searched within this many samples of the peak.
-REFINE_SAMPLES = 2
 
 #: Upper bound on the float32 features computed at once (about 32 MB), so
 #: memory stays flat whatever the window size.
@@ -76,26 +79,6 @@ def _detector_layers(
         model.get_layer("mixing"),
         model.get_layer("spatial"),
     )
-
-
-def _check_neighbour_table(
-    neighbours: npt.ArrayLike, n_channels: int, n_neighbours: int
-) -> npt.NDArray[np.int64]:
-    table = np.asarray(neighbours)
-    if table.shape != (n_channels, n_neighbours) or not np.issubdtype(
-        table.dtype, np.integer
-    ):
-        raise ValueError(
-            f"neighbours must be an integer array of shape ({n_channels}, "
-            f"{n_neighbours}) (channels, the model's K), got {table.dtype} "
-            f"{table.shape}"
-        )
-    if table.size and (table.min() < -1 or table.max() >= n_channels):
-        raise ValueError(
-            f"neighbours must lie in [-1, {n_channels - 1}] (-1: no channel), "
-            f"got range [{table.min()}, {table.max()}]"
-        )
-    return table.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -179,72 +162,10 @@ def nn_margin_samples(model: keras.Model, *, exclude_samples: int) -> int:
         With that margin (or the recording edge, zero-padded) the result
         does not depend on how the recording is chunked.
     """
-    exclude_samples = _check_int("exclude_samples", exclude_samples, 0)
-    half_width = _detector_layers(model)[0].kernel_size[0] // 2
-    return half_width + exclude_samples + REFINE_SAMPLES
-
-
-def neighbour_table(
-    positions_um: npt.NDArray[np.floating], *, n_neighbours: int
-) -> npt.NDArray[np.int64]:
-    """The K nearest channels of every channel, padded for small probes.
-
-    Parameters
-    ----------
-    positions_um : ndarray, shape (n_channels, 2)
-        Channel (x, y) positions in micrometres.
-    n_neighbours : int
-        K (>= 1); may exceed ``n_channels``.
-
-    Returns
-    -------
-    ndarray of int64, shape (n_channels, n_neighbours)
-        Row c lists the channels nearest to c in distance order, c first
-        (:func:`shardsort.detect.nearest_neighbours`), then ``-1`` (a silent
-        channel) where the probe has fewer than K channels.
-    """
-    n_neighbours = _check_int("n_neighbours", n_neighbours, 1)
-    n_channels = np.shape(positions_um)[0]
-    table = np.full((n_channels, n_neighbours), -1, dtype=np.int64)
-    if n_channels:
-        found = min(n_neighbours, n_channels)
-        table[:, :found] = nearest_neighbours(positions_um, n_neighbours=found)
-    return table
-
-
-def neighbour_offsets_um(
-    positions_um: npt.NDArray[np.floating], neighbours: npt.NDArray[np.integer]
-) -> npt.NDArray[np.float64]:
-    """Neighbourhood geometry: neighbour positions relative to the centre.
-
-    Parameters
-    ----------
-    positions_um : ndarray, shape (n_channels >= 1, 2)
-        Channel (x, y) positions in micrometres.
-    neighbours : ndarray of int, shape (n_channels, K)
-        Neighbour table (``-1``: no channel).
-
-    Returns
-    -------
-    ndarray of float64, shape (K, 2)
-        ``positions[neighbours[c]] - positions[c]`` for the channel c closest
-        to the probe's median position (the lowest such index), away from the
-        probe's edges; NaN rows for missing neighbours. Recorded in a model's
-        sidecar to describe the geometry it was trained on.
-    """
-    positions = np.asarray(positions_um, dtype=np.float64)
-    if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape[0] == 0:
-        raise ValueError(
-            f"positions_um must have shape (n_channels >= 1, 2), got {positions.shape}"
-        )
-    table = _check_neighbour_table(
-        neighbours, positions.shape[0], np.shape(neighbours)[1]
+    return detector_margin_samples(
+        filter_samples=int(_detector_layers(model)[0].kernel_size[0]),
+        exclude_samples=exclude_samples,
     )
-    centre = np.argmin(np.hypot(*(positions - np.median(positions, axis=0)).T))
-    row = table[centre]
-    offsets = positions[np.maximum(row, 0)] - positions[centre]
-    offsets[row < 0] = np.nan
-    return offsets
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +233,20 @@ def detector_logits(
     return logits
 
 
+def _refine_channels(
+    mask: npt.NDArray[np.bool_], good: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int64]:
+    """Each channel, then its good neighbours in ascending order, padded with itself."""
+    n_channels = good.size
+    others = mask & good[None, :] & ~np.eye(n_channels, dtype=bool)
+    degree = int(others.sum(axis=1).max(initial=0))
+    table = np.repeat(np.arange(n_channels, dtype=np.int64)[:, None], 1 + degree, axis=1)
+    rows, cols = np.nonzero(others)
+    slot = np.arange(rows.size) - np.searchsorted(rows, rows)
+    table[rows, 1 + slot] = cols
+    return table
+
+
 def detect_nn(
     window: npt.NDArray[np.float32],
     model: keras.Model,
@@ -331,10 +266,13 @@ def detect_nn(
     of :func:`shardsort.detect.detect_peaks` (strict maximum over
     ``|t' - t| <= exclude_samples`` and channels ``neighbour_mask[c]``,
     ties to the earlier sample, then the lower channel). Each peak is
-    reported at the trough of its channel's trace within
-    :data:`REFINE_SAMPLES` samples (the first minimum), and kept when that
-    trough lies in the core; peaks refining to the same (sample, channel)
-    are reported once. Bad channels produce no spikes, are left out of the
+    reported at the trough of the traces within :data:`REFINE_SAMPLES`
+    samples on its channel and its good neighbours (``neighbour_mask``): the
+    minimum, the earliest sample first, then the peak's own channel, then
+    the lower channel. So a spike gets the channel where it is largest, as
+    with :func:`shardsort.detect.detect_peaks`, wherever the network
+    answered. A peak is kept when its trough lies in the core; peaks
+    refining to the same (sample, channel) are reported once. Bad channels produce no spikes, are left out of the
     comparisons, and feed the network as silent channels.
 
     Parameters
@@ -409,11 +347,22 @@ def detect_nn(
     t = peaks["sample_index"] + first
     c = peaks["channel_index"].astype(np.int64)
 
+    # The trough: the minimum of the traces within REFINE_SAMPLES of the peak
+    # on its channel and its good neighbours, the earliest sample first, then
+    # the peak's own channel, then the lower channel. So a spike is assigned
+    # to the channel where it is largest, as by the threshold detector,
+    # whichever of its channels the network answered on.
     padded = np.pad(
         traces, ((REFINE_SAMPLES, REFINE_SAMPLES), (0, 0)), constant_values=np.inf
     )
-    around = padded[t[:, None] + np.arange(2 * REFINE_SAMPLES + 1), c[:, None]]
-    trough = t - REFINE_SAMPLES + np.argmin(around, axis=1)
+    candidates = _refine_channels(np.asarray(neighbour_mask, bool), good)[c]
+    n_times = 2 * REFINE_SAMPLES + 1
+    around = padded[
+        t[:, None, None] + np.arange(n_times)[None, :, None], candidates[:, None, :]
+    ].reshape(t.size, n_times * candidates.shape[1])
+    best = np.argmin(around, axis=1) if t.size else np.zeros(0, np.int64)
+    trough = t - REFINE_SAMPLES + best // candidates.shape[1]
+    c = candidates[np.arange(t.size), best % candidates.shape[1]]
     inside = (trough >= core_start) & (trough < core_stop)
     key = np.unique(trough[inside] * n_channels + c[inside])
     trough, c = np.divmod(key, n_channels)

@@ -3,13 +3,15 @@
 Run ``python -m shardsort.nn.make_default [--out-dir DIR] [--n-threads N]``.
 
 The training data are synthetic (:mod:`shardsort.synth`): a Neuropixels-like
-probe at 30 kHz, preprocessed the way the workflow does it (zero-phase
-300-6000 Hz band-pass, unit-noise scaling, local ZCA whitening), with noise
-statistics from a spike-free rendering of the same probe and templates of
-many synthetic units passed through the same linear preprocessing. The models
-suit recordings preprocessed likewise at 30 kHz; for anything else, train
-models on the recording itself (the ``train_detector`` / ``train_triage``
-rules).
+probe at 30 kHz, preprocessed the way the workflow's default configuration
+does it (zero-phase 300-6000 Hz band-pass, global median reference, unit-noise
+scaling, no whitening: ``preprocess.whiten: false``), with noise statistics
+from a spike-free rendering of the same probe and templates of many synthetic
+units passed through the same preprocessing. The sidecars record that
+preprocessing; the workflow refuses the models for a recording at another
+rate, of another probe pitch or with whitening on. For anything else, train
+models on the recording itself (``detect.nn_model: trained``: the
+``train_detector`` / ``train_triage`` rules).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from shardsort import synth
 from shardsort.nn import DEFAULT_MODELS_DIR, augment, configure_tensorflow, training
 from shardsort.nn import detector as nn_detector
 from shardsort.preprocess import (
+    common_reference,
     design_bandpass,
     local_whitening_matrix,
     robust_noise_scale,
@@ -34,6 +37,8 @@ SAMPLING_RATE_HZ = 30000.0
 N_CHANNELS = 32
 N_NEIGHBOURS = 7
 FREQ_MIN_HZ, FREQ_MAX_HZ, FILTER_ORDER = 300.0, 6000.0, 3
+REFERENCE = "global"
+WHITEN = False
 WHITENING_RADIUS_UM = 100.0
 NOISE_SECONDS = 4.0
 NOISE_LAGS = 12
@@ -44,6 +49,9 @@ SEED = 20240601
 DETECTOR_WINDOWS, DETECTOR_WINDOW_SAMPLES = 30000, 64
 TRIAGE_SNIPPETS = 20000
 EPOCHS, BATCH_SIZE = 15, 128
+# As the workflow's defaults (config/config.yaml, nn section).
+AMPLITUDE_RANGE = (0.8, 1.5)
+POSITIVE_WEIGHT = 4.0
 
 
 def preprocessed_training_material(
@@ -96,20 +104,31 @@ def preprocessed_training_material(
         freq_max_hz=FREQ_MAX_HZ,
         order=FILTER_ORDER,
     )
-    filtered = signal.sosfiltfilt(sos, raw_noise, axis=0)
+    filtered = common_reference(
+        signal.sosfiltfilt(sos, raw_noise, axis=0), mode=REFERENCE
+    )
     scales = robust_noise_scale(filtered)
     scaled = filtered / scales
-    whitening = local_whitening_matrix(
-        scaled.T @ scaled / scaled.shape[0], positions, radius_um=WHITENING_RADIUS_UM
-    ).astype(np.float64)
+    if WHITEN:
+        whitening = local_whitening_matrix(
+            scaled.T @ scaled / scaled.shape[0],
+            positions,
+            radius_um=WHITENING_RADIUS_UM,
+        ).astype(np.float64)
+    else:
+        whitening = np.eye(N_CHANNELS)
     noise = (scaled @ whitening.T).astype(np.float32)
 
-    # Templates go through the same linear steps, padded so the filter's
-    # response is not cut, then are re-cut around their new trough.
+    # Templates go through the same steps, padded so the filter's response is
+    # not cut, then are re-cut around their new trough.
     pre, n_times = params.trough_index, params.template_samples
     pad = 4 * n_times
     padded = np.pad(units["templates_uv"], ((0, 0), (pad, pad), (0, 0)))
-    processed = signal.sosfiltfilt(sos, padded, axis=1) / scales @ whitening.T
+    filtered_templates = signal.sosfiltfilt(sos, padded, axis=1)
+    referenced = np.stack(
+        [common_reference(t, mode=REFERENCE) for t in filtered_templates]
+    )
+    processed = referenced / scales @ whitening.T
     main = processed.min(axis=1).argmin(axis=1)
     trough = processed[np.arange(N_UNITS), :, main].argmin(axis=1)
     cut = trough[:, None] - pre + np.arange(n_times)
@@ -128,15 +147,18 @@ def main(argv: list[str] | None = None) -> None:
     noise, templates, pre, positions = preprocessed_training_material(seed=SEED)
     noise_model = augment.estimate_noise_model(noise, n_lags=NOISE_LAGS)
     neighbours = nn_detector.neighbour_table(positions, n_neighbours=N_NEIGHBOURS)
+    whitening = f"local whitening ({WHITENING_RADIUS_UM:g} um)" if WHITEN else "no whitening"
     common = {
         "sampling_rate_hz": SAMPLING_RATE_HZ,
         "neighbour_offsets_um": nn_detector.neighbour_offsets_um(positions, neighbours),
         "seed": SEED,
+        "preprocessing": {"whiten": WHITEN, "reference": REFERENCE},
         "training_data": (
             f"shardsort.synth: {N_CHANNELS}-channel Neuropixels-like probe, "
             f"{N_UNITS} units of SNR {SNR_RANGE[0]:g}-{SNR_RANGE[1]:g}, band-pass "
-            f"{FREQ_MIN_HZ:g}-{FREQ_MAX_HZ:g} Hz, unit noise, local whitening "
-            f"({WHITENING_RADIUS_UM:g} um)"
+            f"{FREQ_MIN_HZ:g}-{FREQ_MAX_HZ:g} Hz, {REFERENCE} median reference, "
+            f"unit noise, {whitening}; amplitudes x{AMPLITUDE_RANGE[0]:g}-"
+            f"{AMPLITUDE_RANGE[1]:g}"
         ),
     }
 
@@ -148,9 +170,16 @@ def main(argv: list[str] | None = None) -> None:
         n_windows=DETECTOR_WINDOWS,
         window_samples=DETECTOR_WINDOW_SAMPLES,
         seed=SEED + 1,
+        amplitude_range=AMPLITUDE_RANGE,
     )
     model, metrics = training.train_detector(
-        windows, targets, seed=SEED, epochs=EPOCHS, batch_size=BATCH_SIZE
+        windows,
+        targets,
+        seed=SEED,
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        positive_weight=POSITIVE_WEIGHT,
+        n_threads=args.n_threads,
     )
     training.save_model(
         args.out_dir / "detector",
@@ -165,9 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         pre_samples=pre,
         n_snippets=TRIAGE_SNIPPETS,
         seed=SEED + 2,
+        amplitude_range=AMPLITUDE_RANGE,
     )
     model, metrics = training.train_triage(
-        snippets, labels, seed=SEED, epochs=EPOCHS, batch_size=BATCH_SIZE
+        snippets,
+        labels,
+        seed=SEED,
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        n_threads=args.n_threads,
     )
     training.save_model(
         args.out_dir / "triage",

@@ -32,13 +32,8 @@ from shardsort.nn import triage as nn_triage
 
 from ..checks import check_int as _check_int
 from ..checks import check_positive as _check_positive
-
-#: File names inside a model folder.
-MODEL_FILE = "model.keras"
-SIDECAR_FILE = "model.yaml"
-
-#: Relative sampling-rate difference :func:`load_model` accepts.
-SAMPLING_RATE_RTOL = 0.01
+from .modelinfo import MODEL_FILE, SIDECAR_FILE, check_model_fits, read_sidecar
+from .modelinfo import SAMPLING_RATE_RTOL as SAMPLING_RATE_RTOL  # re-exported
 
 #: Examples per network call when computing validation metrics.
 _PREDICT_BATCH = 1024
@@ -474,31 +469,14 @@ def load_model(
         the recording's value.
     """
     folder = Path(path_dir)
-    sidecar_path = folder / SIDECAR_FILE
-    if not sidecar_path.is_file():
-        raise FileNotFoundError(f"model sidecar not found: {sidecar_path}")
-    sidecar = yaml.safe_load(sidecar_path.read_text())
+    sidecar = read_sidecar(folder)
+    check_model_fits(
+        sidecar,
+        source=folder / SIDECAR_FILE,
+        sampling_rate_hz=expected_sampling_rate_hz,
+        n_neighbours=expected_n_neighbours,
+    )
     model_path = folder / sidecar.get("keras_file", MODEL_FILE)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"model file not found: {model_path}")
-
-    model_rate = float(sidecar["sampling_rate_hz"])
-    if expected_sampling_rate_hz is not None and not np.isclose(
-        expected_sampling_rate_hz, model_rate, rtol=SAMPLING_RATE_RTOL, atol=0
-    ):
-        raise ValueError(
-            f"{sidecar_path}: sampling_rate_hz of the model is {model_rate:g} Hz "
-            f"but the recording's is {expected_sampling_rate_hz:g} Hz (they must "
-            f"agree within {SAMPLING_RATE_RTOL:.0%}); train a model at the "
-            "recording's rate"
-        )
-    model_k = int(sidecar["n_neighbours"])
-    if expected_n_neighbours is not None and expected_n_neighbours != model_k:
-        raise ValueError(
-            f"{sidecar_path}: n_neighbours of the model is {model_k} but the "
-            f"recording's neighbour table has {expected_n_neighbours}; build the "
-            f"table with n_neighbours={model_k} or train a model for it"
-        )
     limit_threads_by_default()
     model = keras.saving.load_model(model_path, compile=False)
     return model, sidecar
