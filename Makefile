@@ -49,8 +49,8 @@ test-cluster: install
 PEERS_STAMP := $(VENV)/.peers-installed
 PEERS_TORCH ?= torch==2.13.0+cpu
 PEERS_ARGS ?=
-# Work-around for feature_basis on recordings of many chunks (see the file); empty it once fixed.
-PEERS_SHARDSORT_CONFIG ?= benchmarks/peers/sample_all_chunks.yaml
+# Optional YAML merged over config/config.yaml for shardsort (default: none).
+PEERS_SHARDSORT_CONFIG ?=
 
 .PHONY: bench-peers
 bench-peers: $(PEERS_STAMP)

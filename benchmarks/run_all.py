@@ -103,14 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_minutes,
         default=None,
         help="durations of the 384-channel scale sorts "
-        "(default 1,2; 0.1,0.2 with --quick)",
+        "(default 2,5,10; 0.1,0.2 with --quick)",
     )
     parser.add_argument(
         "--wide-minutes",
         type=float,
         default=None,
         help="duration of the 1,024-channel sort, 0 to skip "
-        "(default 0.25; 0 with --quick)",
+        "(default 1; 0 with --quick)",
     )
     parser.add_argument(
         "--reuse",
@@ -144,10 +144,10 @@ def make_context(args: argparse.Namespace) -> Context:
         reps=args.reps or (1 if quick else 2),
         keep_data=args.keep_data,
         reuse=args.reuse,
-        scale_minutes=args.scale_minutes or ((0.1, 0.2) if quick else (1.0, 2.0)),
+        scale_minutes=args.scale_minutes or ((0.1, 0.2) if quick else (2.0, 5.0, 10.0)),
         wide_minutes=args.wide_minutes
         if args.wide_minutes is not None
-        else (0.0 if quick else 0.25),
+        else (0.0 if quick else 1.0),
     )
 
 

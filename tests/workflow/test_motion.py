@@ -122,7 +122,7 @@ def test_drift_estimate_does_not_depend_on_the_chunking(tmp_path, sorted_with_an
     run_snakemake(
         tmp_path, "--cores", "2", target,
         overrides={"recordings": str(drifting_recording), "motion": {"enabled": True},
-                   "shards": {"max_memory_mb": 1000}},  # 3 chunks of 14.7 s
+                   "shards": {"max_memory_mb": 575}},  # 3 chunks of 14.7 s
     )
     # Chunk borders (14.7 s, 29.4 s) cut through time bins (2 s).
     logs = tmp_path / "results" / "drifting" / "logs" / "motion_peaks"
