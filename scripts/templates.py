@@ -13,6 +13,7 @@ from shardsort.templates import (
     noise_factors,
     reduce_templates,
     sample_noise_windows,
+    sparsify_templates,
     template_peak_channels,
     template_positions,
 )
@@ -38,6 +39,10 @@ def chunk_sums():
 
 
 templates, counts = reduce_templates(chunk_sums())
+# Channels holding only averaged noise are zeroed (see sparsify_templates).
+templates = sparsify_templates(
+    templates, counts, min_fraction=cfg["sparsity_fraction"], noise_ptp=cfg["sparsity_noise_ptp"]
+)
 
 # Background-noise windows: how each template's matching score varies on
 # noise alone (the noise is band-limited and spatially correlated). Random
