@@ -236,7 +236,6 @@ def prepare_templates(
     spatial = right[:, :rank, :].transpose(0, 2, 1)  # (K, C, R)
     norms = (singular[:, :rank] ** 2).sum(axis=1)
     offsets = _subsample_offsets(upsample)
-    shifted = _shift_templates(array, offsets)  # (K, U, T, C)
 
     spatial_flat = spatial.transpose(1, 0, 2).reshape(n_channels, n_units * rank)
     n_fft = sp_fft.next_fast_len(2 * n_times - 1, real=True)
@@ -245,7 +244,10 @@ def prepare_templates(
     cross = np.empty((n_units, upsample, 2 * n_times - 1, n_units), dtype=np.float32)
     for unit in range(n_units):
         # projections[f, t, k, r] = <shifted template (unit, f) at t, spatial[k, :, r]>
-        projections = (shifted[unit] @ spatial_flat).reshape(
+        # One unit at a time: all units' shifted copies at once would take
+        # n_units x upsample x T x n_channels complex values (GBs at 1,024 channels).
+        shifted = _shift_templates(array[unit : unit + 1], offsets)[0]  # (U, T, C)
+        projections = (shifted @ spatial_flat).reshape(
             upsample, n_times, n_units, rank
         )
         spectrum = sp_fft.rfft(projections, n_fft, axis=1)  # (U, F, K, R)
