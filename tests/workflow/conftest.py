@@ -90,5 +90,20 @@ def sorted_small(tmp_path_factory, small_recording):
     return work
 
 
+def dry_run_rules(output: str) -> set[str]:
+    """Rule names in the "Job stats" table of a dry run (empty if up to date)."""
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        assert "Nothing to be done" in output, output[-3000:]
+        return set()
+    rules = set()
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        name = line.split()[0]
+        if name == "total":
+            return rules
+        rules.add(name)
+    raise AssertionError(f"unterminated Job stats table:\n{output[-3000:]}")
+
+
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import copy_tree, run_snakemake
+from .conftest import copy_tree, dry_run_rules, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -37,21 +37,6 @@ PASS1_AND_TRAINING = {
 PREPROCESSING = {"filter", "noise_stats", "whitening", "preprocess", "feature_basis"}
 
 
-def _job_rules(output: str) -> set[str]:
-    """Rule names in the "Job stats" table of a dry run (empty if up to date)."""
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        assert "Nothing to be done" in output, output[-3000:]
-        return set()
-    rules = set()
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        name = line.split()[0]
-        if name == "total":
-            return rules
-        rules.add(name)
-    raise AssertionError(f"unterminated Job stats table:\n{output[-3000:]}")
-
-
 def _dry_run(workdir, table, overrides=None) -> set[str]:
     proc = run_snakemake(
         workdir,
@@ -63,7 +48,7 @@ def _dry_run(workdir, table, overrides=None) -> set[str]:
         config={"recordings": table},
         overrides=overrides,
     )
-    return _job_rules(proc.stdout + proc.stderr)
+    return dry_run_rules(proc.stdout + proc.stderr)
 
 
 def _accuracy(workdir):

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from .conftest import REPO, SNAKEMAKE, copy_tree
+from .conftest import REPO, SNAKEMAKE, copy_tree, dry_run_rules
 
 pytestmark = pytest.mark.workflow
 
@@ -191,21 +191,6 @@ def test_resume_removes_temporary_file_of_killed_write(resumed):
     assert _temp_files(resumed.work / "results") == []
 
 
-def _jobs_to_run(output: str) -> set[str]:
-    """Rule names in the "Job stats" table of a dry run (empty if up to date)."""
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        assert "Nothing to be done" in output, output[-3000:]
-        return set()
-    rules = set()
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        name = line.split()[0]
-        if name == "total":
-            return rules
-        rules.add(name)
-    raise AssertionError(f"unterminated Job stats table:\n{output[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, sorted_small):
     """A private copy of the finished sort (copy2 keeps the modification times)."""
@@ -218,7 +203,7 @@ def test_finished_sort_is_up_to_date(finished, small_recording):
     out = _run(
         finished, "-n", "--cores", "2", "--quiet", "rules", table=small_recording
     )
-    assert _jobs_to_run(out) == set()
+    assert dry_run_rules(out) == set()
 
 
 @pytest.mark.parametrize(
@@ -246,6 +231,6 @@ def test_detection_change_reruns_detection_only(
         table=small_recording,
         configfiles=[override],
     )
-    rules = _jobs_to_run(out)
+    rules = dry_run_rules(out)
     assert not rules & PREPROCESS_RULES, sorted(rules & PREPROCESS_RULES)
     assert DETECTION_AND_DOWNSTREAM <= rules, sorted(DETECTION_AND_DOWNSTREAM - rules)
