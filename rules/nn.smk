@@ -69,6 +69,7 @@ use rule template_sums as template_sums_pass1 with:
 use rule templates as templates_pass1 with:
     input:
         sums=get_template_parts_pass1,
+        spikes="results/{recording}/pass1/spikes.h5",
         clusters="results/{recording}/pass1/clusters.h5",
         noise_chunks=get_noise_chunks,
     output:

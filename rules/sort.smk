@@ -69,6 +69,7 @@ rule template_sums:
 rule templates:
     input:
         sums=get_template_parts,
+        spikes="results/{recording}/spikes.h5",
         clusters="results/{recording}/clusters.h5",
         noise_chunks=get_noise_chunks,
     output:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from shardsort.deconvolve import DeconvBasis, deconvolve_chunk
+from shardsort.deconvolve import DeconvBasis, deconvolve_chunk, unit_thresholds
 from shardsort.detect import TemporalBasis, extract_snippets, localize_spikes, project_temporal
 from shardsort.io.arrays import ChunkedRecording
 from shardsort.jobs import job_logger, read_h5, read_npz, write_npz
@@ -22,6 +22,12 @@ pre, post = int(tpl["attrs"]["pre_samples"]), int(tpl["attrs"]["post_samples"])
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
 window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
 basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
+thresholds = unit_thresholds(
+    basis,
+    highest=cfg["threshold"],
+    lowest=cfg["threshold_min"],
+    recall_margin=cfg["recall_margin"],
+)
 # The matching objective holds one value per sample and unit: long chunks with
 # many units are matched in sub-blocks of the core, each with the full margin
 # on both sides (so the result equals matching the whole chunk at once).
@@ -36,7 +42,7 @@ for first in range(0, core, sub):
         basis,
         core_start=margin,
         core_stop=margin + last - first,
-        threshold=cfg["threshold"],
+        threshold=thresholds,
         amplitude_min=cfg["amplitude_min"],
         amplitude_max=cfg["amplitude_max"],
         refractory_samples=ms_to_samples(cfg["refractory_ms"], rate),

@@ -4,7 +4,7 @@ import numpy as np
 
 from shardsort.deconvolve import prepare_templates
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_npz, write_h5, write_npz
+from shardsort.jobs import job_logger, read_h5, read_npz, write_h5, write_npz
 from shardsort.templates import (
     align_templates,
     clean_templates,
@@ -12,6 +12,7 @@ from shardsort.templates import (
     merge_similar_templates,
     noise_factors,
     reduce_templates,
+    refractory_conflicts,
     sample_noise_windows,
     sparsify_templates,
     template_peak_channels,
@@ -90,7 +91,26 @@ for cid in np.flatnonzero(~keep | weak):
     log.info("cluster %d dropped: %s (%d spikes)", cid, ", ".join(why), counts[cid])
 kept = np.flatnonzero(keep & ~weak)
 
-# 2. Merge units found twice (neighbouring channels/groups, or split clusters).
+# 2. Merge units found twice (neighbouring channels/groups, or split clusters),
+#    but never two clusters whose spike trains show they are two neurons.
+kept_index = np.full(n_clusters + 1, -1, dtype=np.int64)  # last entry: label -1
+kept_index[kept] = np.arange(len(kept))
+sample_index = read_h5(snakemake.input.spikes, keys=["peaks"])["peaks"]["sample_index"]
+labels = read_h5(snakemake.input.clusters, keys=["labels"])["labels"]
+min_lag_ms, max_lag_ms = cfg["merge_refractory_ms"]
+observed, expected = refractory_conflicts(
+    sample_index,
+    kept_index[labels],
+    len(kept),
+    duration_samples=int(spec["n_samples"]),
+    min_lag_samples=ms_to_samples(min_lag_ms, rate),
+    max_lag_samples=ms_to_samples(max_lag_ms, rate),
+)
+distinct = (
+    (expected >= cfg["merge_min_expected"])
+    & (observed >= cfg["merge_min_violations"])
+    & (observed > cfg["merge_max_violation_fraction"] * expected)
+)
 merged, merged_counts, mapping, groups, _ = merge_similar_templates(
     templates[kept],
     counts[kept],
@@ -99,6 +119,7 @@ merged, merged_counts, mapping, groups, _ = merge_similar_templates(
     max_amplitude_ratio=cfg["merge_max_amplitude_ratio"],
     noise_factors=factors[kept],
     max_difference=cfg["merge_max_difference"],
+    distinct=distinct,
 )
 cluster_to_unit = np.full(n_clusters, -1, dtype=np.int32)
 cluster_to_unit[kept] = mapping
@@ -107,6 +128,10 @@ for g, group in enumerate(groups):
     merge_group[kept[group]] = g
     if len(group) > 1:
         log.info("merged clusters %s", [int(kept[i]) for i in group])
+log.info(
+    "%d cluster pairs are two neurons by their refractory violations (never merged)",
+    int((np.triu(distinct, 1)).sum()),
+)
 
 # 3. Align every template's trough on pre_samples; the matching basis is
 #    computed once here.

@@ -34,9 +34,18 @@ positions = np.asarray(spec["positions_um"], dtype=np.float64)
 good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
 tpl = read_h5(snakemake.input.templates)
 templates, pre = tpl["templates"], int(tpl["attrs"]["pre_samples"])
+# Only clear units: a weak first-pass template may be a cluster of noise
+# crossings, and a network trained to find it fires on noise.
+clear = tpl["matched_snr"] >= cfg["template_min_snr"]
+log.info(
+    "%d of %d first-pass templates have matched SNR >= %g: trained on those",
+    int(clear.sum()), len(templates), cfg["template_min_snr"],
+)
+templates = templates[clear]
 if len(templates) == 0:
     raise ValueError(
-        f"the first (threshold) pass found no units in recording {spec['name']!r}, so "
+        f"the first (threshold) pass found no units with matched SNR >= "
+        f"nn.template_min_snr ({cfg['template_min_snr']}) in recording {spec['name']!r}, so "
         f"there is nothing to train the {kind} network on; use detect.nn_model: "
         "default (or a model folder) or detect.method: threshold"
     )

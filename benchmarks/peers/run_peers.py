@@ -122,7 +122,7 @@ def run_one(
     n_jobs: int,
     timeout_s: float,
     keep_outputs: bool,
-    shardsort_configfile: Path | None,
+    shardsort_configfile: Path | list[Path] | None,
 ) -> Measurement:
     """Sort ``files`` with ``sorter`` in a fresh ``output``; save the measurement."""
     shutil.rmtree(output, ignore_errors=True)
@@ -190,6 +190,18 @@ def score_run(output: Path, gt_sorting, snr: np.ndarray) -> tuple[Score, list[di
     return score, units
 
 
+def shardsort_configs(args: argparse.Namespace, recording: str) -> list[Path]:
+    """Config files merged over config/config.yaml for shardsort on ``recording``:
+    drift correction on the drifting recording (as a user who knows their
+    recording drifts would switch it on), then ``--shardsort-configfile``."""
+    files = []
+    if recording == "drifting" and args.drift_configfile is not None:
+        files.append(args.drift_configfile)
+    if args.shardsort_configfile is not None:
+        files.append(args.shardsort_configfile)
+    return files
+
+
 def benchmark_one(
     sorter: Sorter,
     files: RecordingFiles,
@@ -223,7 +235,7 @@ def benchmark_one(
             n_jobs=args.n_jobs,
             timeout_s=timeout_s,
             keep_outputs=args.keep_outputs,
-            shardsort_configfile=args.shardsort_configfile,
+            shardsort_configfile=shardsort_configs(args, files.name),
         )
     status, note = run_status(measurement, output, timeout_s=timeout_s)
     if (output / INFO_FILE).exists():
@@ -255,7 +267,9 @@ def benchmark_one(
     return row, unit_rows
 
 
-def header(spec: RecordingSpec, *, n_jobs: int, run_note: str, note: str) -> str:
+def header(
+    spec: RecordingSpec, *, n_jobs: int, run_note: str, note: str, drift: Path | None
+) -> str:
     """Markdown preamble: what was run, where and when."""
     versions = ", ".join(
         f"{p} {package_version(p)}"
@@ -280,7 +294,14 @@ def header(spec: RecordingSpec, *, n_jobs: int, run_note: str, note: str) -> str
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs. "
         f"{run_note}\n"
         f"- Every sorter ran alone with {n_jobs} jobs/cores and its default parameters "
-        "(shardsort: `config/config.yaml`; MountainSort5: `snippet_mask_radius` 100 µm, "
+        "(shardsort: `config/config.yaml`"
+        + (
+            f", on `drifting` with `{drift.relative_to(REPO) if drift.is_relative_to(REPO) else drift}` "
+            "merged over it (drift correction on)"
+            if drift
+            else ""
+        )
+        + "; MountainSort5: `snippet_mask_radius` 100 µm, "
         "see `benchmarks/peers/README.md`). CPU time: user + system time of all its "
         "processes, which unlike wall time hardly depends on the machine's load. "
         "Peak memory: the largest sum of resident memory "
@@ -358,6 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="a YAML file merged over config/config.yaml for shardsort",
     )
+    parser.add_argument(
+        "--drift-configfile",
+        type=Path,
+        default=REPO / "benchmarks" / "peers" / "motion.yaml",
+        help="a YAML file merged over config/config.yaml for shardsort on the "
+        "drifting recording only (default: drift correction on)",
+    )
     parser.add_argument("--note", default="", help="a line added to the table's header")
     parser.add_argument(
         "--keep-outputs",
@@ -382,6 +410,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"--shardsort-configfile {args.shardsort_configfile} is not a file"
             )
         args.shardsort_configfile = args.shardsort_configfile.resolve()
+    if args.drift_configfile is not None:
+        if not args.drift_configfile.is_file():
+            parser.error(f"--drift-configfile {args.drift_configfile} is not a file")
+        args.drift_configfile = args.drift_configfile.resolve()
     if args.n_jobs < 1:
         parser.error(f"--n-jobs must be >= 1, got {args.n_jobs}")
     if args.timeout_min <= 0:
@@ -421,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         spec,
         n_jobs=args.n_jobs,
         note=args.note,
+        drift=args.drift_configfile if "drifting" in args.recordings else None,
         run_note=run_note(
             reused=args.reuse or args.score_only,
             load_before=load_before,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -72,9 +73,14 @@ def peer_params(key: str, *, n_jobs: int) -> dict:
     )
 
 
-def shardsort_configfiles(extra: Path | None = None) -> list[str]:
-    """shardsort's config files: the repository's, then ``extra`` merged over it."""
-    return [str(REPO / "config" / "config.yaml")] + ([str(extra)] if extra else [])
+def shardsort_configfiles(extra: Path | Sequence[Path] | None = None) -> list[str]:
+    """shardsort's config files: the repository's, then ``extra`` (one file or
+    several, in order) merged over it."""
+    if extra is None:
+        extra = []
+    elif isinstance(extra, (str, Path)):
+        extra = [extra]
+    return [str(REPO / "config" / "config.yaml")] + [str(path) for path in extra]
 
 
 def sorter_command(
@@ -83,7 +89,7 @@ def sorter_command(
     output: Path,
     *,
     n_jobs: int,
-    shardsort_configfile: Path | None = None,
+    shardsort_configfile: Path | Sequence[Path] | None = None,
 ) -> list[str]:
     """The command line that sorts ``files`` into ``output``."""
     if sorter.is_peer:
@@ -123,7 +129,7 @@ def package_version(package: str) -> str:
 
 
 def collect_shardsort(
-    files: RecordingFiles, output: Path, *, configfile: Path | None = None
+    files: RecordingFiles, output: Path, *, configfile: Path | Sequence[Path] | None = None
 ) -> None:
     """Copy shardsort's spike train from ``sorting.h5`` into ``spikes.npz``."""
     import h5py

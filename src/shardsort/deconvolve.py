@@ -388,10 +388,10 @@ class _Pursuit:
         basis: DeconvBasis,
         amplitude_min: float,
         amplitude_max: float,
-        threshold: float,
+        threshold: npt.NDArray[np.float32],
     ) -> None:
         self.basis = basis
-        self.threshold = np.float32(threshold)
+        self.threshold = threshold
         self.amplitude_min = amplitude_min
         self.amplitude_max = amplitude_max
         self.half = basis.n_samples - 1
@@ -471,9 +471,7 @@ class _Pursuit:
             update *= scale[chosen, None, None]
             self.objective[rows[chosen, None] + lags] -= update
 
-    def search(
-        self, threshold: float, refractory_samples: int, max_iterations: int
-    ) -> list[_Batch]:
+    def search(self, refractory_samples: int, max_iterations: int) -> list[_Batch]:
         """Accept batches of non-overlapping spikes until none explains enough."""
         last_row = self.objective.shape[0] - 1
         refractory = np.arange(-refractory_samples, refractory_samples + 1)
@@ -551,13 +549,45 @@ class _Pursuit:
             amplitudes[:] = new_amplitudes
 
 
+def unit_thresholds(
+    basis: DeconvBasis, *, highest: float, lowest: float, recall_margin: float
+) -> npt.NDArray[np.float32]:
+    """Per-unit significance thresholds for :func:`deconvolve_chunk`.
+
+    A unit of matched-filter SNR ``s`` (``sqrt(norm / noise_factor)``: the
+    z-score of a spike equal to its template) gets ``(s - recall_margin)^2``
+    clipped to ``[lowest, highest]``: low enough to keep the spikes within
+    ``recall_margin`` noise SDs of a typical one (97.7 % for 2), never lower
+    than needed, since every step down also admits noise and scaled-down
+    spikes of other units. Strong units keep ``highest``.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units,)
+    """
+    if not 0 < lowest <= highest:
+        raise ValueError(
+            f"thresholds must satisfy 0 < lowest <= highest, got {lowest} and {highest}"
+        )
+    if recall_margin < 0:
+        raise ValueError(f"recall_margin must be >= 0, got {recall_margin}")
+    snr = np.sqrt(
+        np.divide(
+            basis.norms.astype(np.float64),
+            basis.noise_factors.astype(np.float64),
+        )
+    )
+    reach = np.maximum(snr - recall_margin, 0.0) ** 2
+    return np.clip(reach, lowest, highest).astype(np.float32)
+
+
 def deconvolve_chunk(
     window: npt.ArrayLike,
     basis: DeconvBasis,
     *,
     core_start: int,
     core_stop: int,
-    threshold: float,
+    threshold: float | npt.ArrayLike,
     amplitude_min: float,
     amplitude_max: float,
     refractory_samples: int,
@@ -576,9 +606,10 @@ def deconvolve_chunk(
     core_start, core_stop : int
         Core of the chunk within ``window``; only spikes whose trough lies in
         ``[core_start, core_stop)`` are reported.
-    threshold : float
-        Smallest explained energy (decrease of the squared residual, in noise
-        units squared) of an accepted spike, > 0.
+    threshold : float or array_like of shape (n_units,)
+        Smallest explained energy of an accepted spike, in squared noise SDs of
+        the unit's matched filter (see :attr:`DeconvBasis.noise_factors`), > 0;
+        one value for all units or one per unit (:func:`unit_thresholds`).
     amplitude_min, amplitude_max : float
         Range of the fitted template scaling, ``0 < min <= max``.
     refractory_samples : int
@@ -611,8 +642,16 @@ def deconvolve_chunk(
             f"0 <= core_start <= core_stop <= {n_samples}, "
             f"got {core_start} and {core_stop}"
         )
-    if threshold <= 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
+    threshold = np.asarray(threshold, dtype=np.float32)
+    if threshold.ndim > 1 or threshold.size not in (1, basis.n_units) or (
+        threshold.ndim == 1 and threshold.size != basis.n_units
+    ):
+        raise ValueError(
+            f"threshold must be a number or have shape ({basis.n_units},), "
+            f"got shape {threshold.shape}"
+        )
+    if threshold.size and not (threshold > 0).all():
+        raise ValueError(f"threshold must be > 0, got {threshold.min()}")
     if not 0 < amplitude_min <= amplitude_max:
         raise ValueError(
             "amplitudes must satisfy 0 < amplitude_min <= amplitude_max, "
@@ -628,7 +667,7 @@ def deconvolve_chunk(
         return empty(SPIKE_DTYPE)
 
     pursuit = _Pursuit(traces, basis, amplitude_min, amplitude_max, threshold)
-    batches = pursuit.search(threshold, refractory_samples, max_iterations)
+    batches = pursuit.search(refractory_samples, max_iterations)
     if not batches:
         return empty(SPIKE_DTYPE)
     for _ in range(refit_sweeps):

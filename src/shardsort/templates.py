@@ -626,6 +626,7 @@ def merge_similar_templates(
     noise_factors: npt.ArrayLike | None = None,
     max_difference: float | None = None,
     floor_cosine: float = 0.8,
+    distinct: npt.ArrayLike | None = None,
 ) -> tuple[
     npt.NDArray[np.float32],
     npt.NDArray[np.int64],
@@ -640,10 +641,12 @@ def merge_similar_templates(
     ``min_cosine`` and the ratio of the larger to the smaller amplitude
     (:func:`template_amplitudes`) is at most ``max_amplitude_ratio``. Groups
     are stars, not chains: in order of decreasing spike count (lowest index
-    on ties) each unassigned template becomes a reference and takes every
-    unassigned template accepted with it, so two distinct units are never
-    joined through a small, noisy template similar to both. Members are
-    shifted onto their reference and averaged with weights equal to their
+    on ties) each template not accepted with an earlier reference becomes a
+    reference; every other template then joins the reference it is most
+    similar to (highest cosine) among those it is accepted with. Two distinct
+    units are thus never joined through a small, noisy template similar to
+    both, and a piece of one unit is not taken by a larger neighbour. Members
+    are shifted onto their reference and averaged with weights equal to their
     spike counts.
 
     Parameters
@@ -670,6 +673,11 @@ def merge_similar_templates(
         See ``noise_factors``.
     floor_cosine : float, default 0.8
         Smallest cosine for the noise-aware test.
+    distinct : array_like of bool, shape (n_units, n_units), optional
+        Pairs known to be different neurons (e.g. from
+        :func:`refractory_conflicts`: their spikes come closer than a neuron's
+        refractory period as often as independent trains would); never merged,
+        however similar their templates.
 
     Returns
     -------
@@ -716,19 +724,31 @@ def merge_similar_templates(
     accepted = similar & close_in_size & (smaller > 0)
     np.fill_diagonal(accepted, False)
     accepted |= accepted.T
+    if distinct is not None:
+        distinct = np.asarray(distinct, dtype=bool)
+        if distinct.shape != (n_units, n_units):
+            raise ValueError(
+                f"distinct must have shape ({n_units}, {n_units}), got {distinct.shape}"
+            )
+        accepted &= ~(distinct | distinct.T)
     # Star groups, not connected components: the unit with the most spikes
     # takes every unassigned unit similar to it, then the next one. Chains
     # through small, noisy templates (similar to two distinct units) would
     # otherwise merge distinct neighbours.
-    shifts = np.zeros(n_units, dtype=np.int64)
+    # A member accepted by several references joins the most similar one.
     owner = np.full(n_units, -1, dtype=np.int64)
     for reference in np.lexsort((np.arange(n_units), -counts)):
         if owner[reference] >= 0:
             continue
         owner[reference] = reference
-        joining = np.flatnonzero(accepted[reference] & (owner < 0))
-        owner[joining] = reference
-        shifts[joining] = lags[reference, joining]
+        owner[accepted[reference] & (owner < 0)] = reference
+    hubs = np.flatnonzero(owner == np.arange(n_units))
+    members = np.flatnonzero(owner != np.arange(n_units))
+    if members.size:
+        score = np.where(accepted[np.ix_(members, hubs)], cosine[np.ix_(members, hubs)], -np.inf)
+        owner[members] = hubs[score.argmax(axis=1)]
+    shifts = np.zeros(n_units, dtype=np.int64)
+    shifts[members] = lags[owner[members], members]
     component = owner
     new_templates = []
     new_counts = []
@@ -754,6 +774,85 @@ def merge_similar_templates(
         groups,
         shifts,
     )
+
+
+def refractory_conflicts(
+    sample_index: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    n_units: int,
+    *,
+    duration_samples: int,
+    min_lag_samples: int,
+    max_lag_samples: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Spike pairs of two units closer than a refractory period, and how many
+    independent firing would give.
+
+    One neuron cannot fire twice within its refractory period, so two pieces
+    of one neuron (a cluster split in two, or found by two channel groups)
+    almost never have spikes ``min_lag``-``max_lag`` samples apart, while two
+    neurons firing independently do, about ``n_a n_b W / D`` times (``W`` the
+    width of the two-sided lag window, ``D`` the duration). Lags shorter than
+    ``min_lag_samples`` are left out: the same spike detected twice, and the
+    spatial exclusion of the detector, live there.
+
+    Parameters
+    ----------
+    sample_index : array_like of int, shape (n_spikes,)
+    labels : array_like of int, shape (n_spikes,)
+        Unit of every spike in ``[0, n_units)``; negative labels are ignored.
+    n_units : int
+    duration_samples : int
+        Length of the recording (> 0).
+    min_lag_samples, max_lag_samples : int
+        Lags counted: ``min_lag <= |t_a - t_b| <= max_lag`` (0 <= min <= max).
+
+    Returns
+    -------
+    observed : ndarray of int64, shape (n_units, n_units)
+        Symmetric counts of spike pairs in the lag window (0 on the diagonal).
+    expected : ndarray of float64, shape (n_units, n_units)
+        The counts independent Poisson trains with the same spike counts give.
+    """
+    times = np.asarray(sample_index, dtype=np.int64)
+    units = np.asarray(labels, dtype=np.int64)
+    if times.shape != units.shape or times.ndim != 1:
+        raise ValueError(
+            f"sample_index {times.shape} and labels {units.shape} must be 1-D of one length"
+        )
+    if duration_samples <= 0:
+        raise ValueError(f"duration_samples must be > 0, got {duration_samples}")
+    if not 0 <= min_lag_samples <= max_lag_samples:
+        raise ValueError(
+            f"lags must satisfy 0 <= min_lag_samples <= max_lag_samples, got "
+            f"{min_lag_samples} and {max_lag_samples}"
+        )
+    if units.size and units.max() >= n_units:
+        raise ValueError(f"labels must be < n_units={n_units}, got {units.max()}")
+    valid = units >= 0
+    order = np.lexsort((units[valid], times[valid]))
+    times, units = times[valid][order], units[valid][order]
+    codes = []
+    # Pairs (i, i + k) in time order: k grows until no pair is close enough.
+    for k in range(1, times.size):
+        lag = times[k:] - times[:-k]
+        close = lag <= max_lag_samples
+        if not close.any():
+            break
+        hit = close & (lag >= min_lag_samples)
+        a, b = units[:-k][hit], units[k:][hit]
+        codes.append(np.minimum(a, b) * n_units + np.maximum(a, b))
+    observed = np.zeros((n_units, n_units), dtype=np.int64)
+    if codes:
+        code, count = np.unique(np.concatenate(codes), return_counts=True)
+        observed[code // n_units, code % n_units] = count
+    observed = observed + observed.T
+    np.fill_diagonal(observed, 0)
+    counts = np.bincount(units, minlength=n_units).astype(np.float64)
+    width = 2.0 * (max_lag_samples - min_lag_samples + 1)
+    expected = np.outer(counts, counts) * width / float(duration_samples)
+    np.fill_diagonal(expected, 0.0)
+    return observed, expected
 
 
 def sample_noise_windows(

@@ -53,6 +53,17 @@ def check_config(config: dict) -> None:
             f"deconvolve.amplitude_min ({dec['amplitude_min']}) must be below "
             f"deconvolve.amplitude_max ({dec['amplitude_max']})"
         )
+    lags = config["templates"]["merge_refractory_ms"]
+    if lags[0] > lags[1]:
+        raise ConfigError(
+            f"templates.merge_refractory_ms ({lags}) must be [shortest, longest] lag "
+            "with shortest <= longest"
+        )
+    if dec["threshold_min"] > dec["threshold"]:
+        raise ConfigError(
+            f"deconvolve.threshold_min ({dec['threshold_min']}) must not exceed "
+            f"deconvolve.threshold ({dec['threshold']})"
+        )
     motion = config["motion"]
     if motion["max_displacement_um"] < motion["depth_bin_um"]:
         raise ConfigError(

@@ -68,6 +68,14 @@ def test_cross_field_checks(config):
     with pytest.raises(ConfigError, match="amplitude_min"):
         check_config(bad)
     bad = copy.deepcopy(config)
+    bad["deconvolve"]["threshold_min"] = 30.0
+    with pytest.raises(ConfigError, match=r"threshold_min \(30.0\) must not exceed"):
+        check_config(bad)
+    bad = copy.deepcopy(config)
+    bad["templates"]["merge_refractory_ms"] = [1.5, 0.5]
+    with pytest.raises(ConfigError, match=r"merge_refractory_ms \(\[1.5, 0.5\]\)"):
+        check_config(bad)
+    bad = copy.deepcopy(config)
     bad["motion"]["max_displacement_um"] = 2.0
     with pytest.raises(ConfigError, match=r"max_displacement_um \(2.0\) must be at least"):
         check_config(bad)

@@ -375,3 +375,44 @@ def test_noise_factors_raise_a_units_bar_without_changing_others():
     np.testing.assert_array_equal(
         raised["sample_index"], plain["sample_index"][plain["unit_index"] == 1]
     )
+
+
+def test_unit_thresholds_lower_the_bar_only_for_weak_units():
+    from shardsort.deconvolve import unit_thresholds
+
+    t = np.zeros((3, 30, 4), dtype=np.float32)
+    for unit, peak in enumerate((2.0, 4.0, 12.0)):
+        t[unit, 10, unit] = -peak  # a one-sample template: norm = peak^2
+    basis = prepare_templates(t, pre_samples=10, noise_factors=[1.0, 1.0, 4.0])
+    thresholds = unit_thresholds(basis, highest=25.0, lowest=9.0, recall_margin=1.0)
+    # matched SNRs 2, 4 and 12 / 2 = 6: (snr - 1)^2 = 1, 9 and 25, clipped to [9, 25]
+    np.testing.assert_allclose(thresholds, [9.0, 9.0, 25.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="0 < lowest <= highest"):
+        unit_thresholds(basis, highest=5.0, lowest=9.0, recall_margin=1.0)
+    with pytest.raises(ValueError, match="recall_margin must be >= 0"):
+        unit_thresholds(basis, highest=25.0, lowest=9.0, recall_margin=-1.0)
+
+
+def test_per_unit_thresholds_apply_to_their_own_unit_only():
+    rng = np.random.default_rng(11)
+    n_t, n_ch = 30, 4
+    templates = np.zeros((2, n_t, n_ch), dtype=np.float32)
+    templates[0, 8:16, 0] = -3.0 * np.hanning(8)  # energy ~ 27
+    templates[1, 8:16, 2] = -6.0 * np.hanning(8)  # energy ~ 108
+    traces = 0.2 * rng.standard_normal((3000, n_ch)).astype(np.float32)
+    for i, t in enumerate(np.arange(200, 2800, 300)):
+        traces[t - 10 : t - 10 + n_t] += templates[i % 2]
+    basis = prepare_templates(templates, pre_samples=10)
+    kwargs = dict(core_start=0, core_stop=3000, amplitude_min=0.7, amplitude_max=1.3,
+                  refractory_samples=10)
+    both = deconvolve_chunk(traces, basis, threshold=[15.0, 15.0], **kwargs)
+    assert sorted(both["unit_index"].tolist()) == [0] * 5 + [1] * 4
+    np.testing.assert_array_equal(
+        both, deconvolve_chunk(traces, basis, threshold=15.0, **kwargs)
+    )
+    strict = deconvolve_chunk(traces, basis, threshold=[60.0, 15.0], **kwargs)
+    assert strict["unit_index"].tolist() == [1] * 4
+    with pytest.raises(ValueError, match=r"threshold must be a number or have shape \(2,\)"):
+        deconvolve_chunk(traces, basis, threshold=[15.0, 15.0, 15.0], **kwargs)
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        deconvolve_chunk(traces, basis, threshold=[15.0, 0.0], **kwargs)

@@ -464,3 +464,86 @@ def test_merge_does_not_chain_through_a_noisy_bridge():
     )
     assert groups == [[0, 2], [1]]
     assert mapping.tolist() == [0, 1, 0] and counts.tolist() == [530, 400]
+
+
+def _refractory_train(rng, rate_hz, duration_s, refractory_samples, fs=30_000.0):
+    """Poisson train with a dead time: intervals = refractory + exponential."""
+    intervals = refractory_samples + rng.exponential(fs / rate_hz, int(2 * rate_hz * duration_s))
+    train = np.cumsum(intervals).astype(np.int64)
+    return train[train < duration_s * fs]
+
+
+def test_refractory_conflicts_tell_two_neurons_from_two_pieces_of_one():
+    from shardsort.templates import refractory_conflicts
+
+    rng = np.random.default_rng(3)
+    fs, duration_s = 30_000.0, 300.0
+    a = _refractory_train(rng, 12.0, duration_s, 60)  # 2 ms dead time
+    b = _refractory_train(rng, 9.0, duration_s, 60)
+    # unit 0 and 1: independent neurons; units 2 and 3: one neuron split at
+    # random; unit 4: copies of unit 0's spikes 2 samples later (one spike
+    # detected twice) plus a label -1 (outliers) that must be ignored
+    piece = rng.random(b.size) < 0.5
+    times = np.concatenate([a, b, b[piece], b[~piece], a[:100] + 2, [5]])
+    labels = np.concatenate(
+        [np.zeros(a.size), np.ones(b.size), np.full(piece.sum(), 2),
+         np.full((~piece).sum(), 3), np.full(100, 4), [-1]]
+    ).astype(int)
+    observed, expected = refractory_conflicts(
+        times, labels, 5, duration_samples=int(duration_s * fs),
+        min_lag_samples=15, max_lag_samples=45,
+    )
+    assert observed.shape == expected.shape == (5, 5)
+    np.testing.assert_array_equal(observed, observed.T)
+    # independent trains: observed ~ expected (Poisson, expected ~ 65)
+    assert expected[0, 1] == pytest.approx(a.size * b.size * 62 / (duration_s * fs))
+    assert abs(observed[0, 1] - expected[0, 1]) < 4 * np.sqrt(expected[0, 1])
+    # two pieces of one refractory neuron: none, though ~12 are expected
+    assert expected[2, 3] > 10 and observed[2, 3] == 0
+    # duplicates 2 samples apart fall below min_lag
+    assert observed[0, 4] == 0
+    with pytest.raises(ValueError, match="min_lag_samples <= max_lag_samples"):
+        refractory_conflicts(times, labels, 5, duration_samples=10,
+                             min_lag_samples=5, max_lag_samples=4)
+    with pytest.raises(ValueError, match="labels must be < n_units=4"):
+        refractory_conflicts(times, labels, 4, duration_samples=10,
+                             min_lag_samples=0, max_lag_samples=4)
+
+
+def test_merge_never_joins_pairs_known_to_be_distinct():
+    from shardsort.templates import merge_similar_templates
+
+    t = np.zeros((3, 20, 2), dtype=np.float32)
+    t[:, 8:11, 0] = [-1.0, -2.0, -1.0]
+    t[2] *= 1.2
+    distinct = np.zeros((3, 3), dtype=bool)
+    distinct[0, 2] = True  # one direction is enough
+    kwargs = dict(max_shift_samples=1, min_cosine=0.9, max_amplitude_ratio=2.0)
+    _, _, _, groups, _ = merge_similar_templates(t, [300, 200, 100], **kwargs)
+    assert groups == [[0, 1, 2]]
+    _, _, _, groups, _ = merge_similar_templates(
+        t, [300, 200, 100], distinct=distinct, **kwargs
+    )
+    # 2 may not join 0, so it joins 1... which already belongs to 0's group:
+    # 1 joins 0 (accepted, larger); 2 is left on its own.
+    assert groups == [[0, 1], [2]]
+    with pytest.raises(ValueError, match=r"distinct must have shape \(3, 3\)"):
+        merge_similar_templates(t, [3, 2, 1], distinct=np.zeros((2, 2), bool), **kwargs)
+
+
+def test_merge_member_joins_the_most_similar_reference():
+    """A piece accepted by two references joins the one it resembles most,
+    not the one with more spikes."""
+    from shardsort.templates import merge_similar_templates
+
+    shape = np.array([-1.0, -2.0, -1.0])
+    t = np.zeros((3, 20, 2), dtype=np.float32)
+    t[0, 8:11, 0] = shape  # large unit on channel 0
+    t[1, 8:11, 1] = shape  # smaller unit on channel 1
+    t[2, 8:11, 0] = 0.6 * shape  # a piece: cosine 0.6 with unit 0, 0.8 with unit 1
+    t[2, 8:11, 1] = 0.8 * shape
+    _, counts, mapping, groups, _ = merge_similar_templates(
+        t, [900, 300, 50], max_shift_samples=1, min_cosine=0.55, max_amplitude_ratio=2.0
+    )
+    assert groups == [[0], [1, 2]]
+    assert mapping.tolist() == [0, 1, 1] and counts.tolist() == [900, 350]
