@@ -9,6 +9,7 @@ import yaml
 from shardsort.curation import select_units
 from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
 from shardsort.tables import merge_event_tables
+from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
 
 log = job_logger(snakemake)
@@ -38,6 +39,9 @@ selection = select_units(
     min_spikes=dec["min_spikes"],
     min_rate_hz=dec["min_rate_hz"],
     min_median_amplitude=dec["min_median_amplitude"],
+    sample_index=spikes["sample_index"],
+    shared_window_samples=ms_to_samples(dec["shared_window_ms"], float(spec["sampling_rate_hz"])),
+    max_shared_fraction=dec["max_shared_fraction"],
 )
 alive = selection.alive
 for unit in np.flatnonzero(~alive):

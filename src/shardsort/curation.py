@@ -7,6 +7,13 @@ selected for being large, so unselected noise matches it only partly. A real
 unit's events scatter around scaling 1. Units are therefore kept when they
 have enough spikes, fire often enough, and their median amplitude (the
 fitted template scaling) is not far below 1.
+
+A template can also be made of what other units leave behind: events where a
+large unit's spike differs from its template (or two units collide) leave a
+residual that a template built from such events matches. Its spikes then sit
+on another unit's spikes, far more often than chance (the other unit's rate
+times the window: about 1 %). A unit sharing more than ``max_shared_fraction``
+of its spikes with one larger unit is removed.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ def select_units(
     min_spikes: int = 20,
     min_rate_hz: float = 0.0,
     min_median_amplitude: float = 0.0,
+    sample_index: npt.ArrayLike | None = None,
+    shared_window_samples: int = 0,
+    max_shared_fraction: float = 1.0,
 ) -> UnitSelection:
     """Keep units with enough spikes, a high enough rate and median amplitude.
 
@@ -52,6 +62,13 @@ def select_units(
         Recording duration, for the firing rate.
     min_spikes, min_rate_hz, min_median_amplitude
         Thresholds; a unit must reach all three.
+    sample_index : array_like of int, shape (n_spikes,), optional
+        Spike times; with it, a unit passing the thresholds is still removed
+        when more than ``max_shared_fraction`` of its spikes lie within
+        ``shared_window_samples`` of spikes of one other unit that passes them
+        and has more spikes.
+    shared_window_samples : int
+    max_shared_fraction : float
 
     Returns
     -------
@@ -90,4 +107,33 @@ def select_units(
         else:
             reasons.append("")
     alive = np.array([not r for r in reasons], dtype=bool)
+    if sample_index is not None and max_shared_fraction < 1.0 and alive.sum() > 1:
+        from shardsort.templates import refractory_conflicts
+
+        times = np.asarray(sample_index, dtype=np.int64)
+        if times.shape != units.shape:
+            raise ValueError(
+                f"sample_index must have the shape of unit_index {units.shape}, "
+                f"got {times.shape}"
+            )
+        if shared_window_samples < 0:
+            raise ValueError(
+                f"shared_window_samples must be >= 0, got {shared_window_samples}"
+            )
+        labels = np.where(alive[units], units, -1)
+        shared, _ = refractory_conflicts(
+            times, labels, n_units,
+            duration_samples=max(int(times.max()) + 1, 1),
+            min_lag_samples=0, max_lag_samples=shared_window_samples,
+        )
+        fraction = shared / np.maximum(counts, 1)[:, None]
+        larger = counts[None, :] > counts[:, None]
+        fraction[~(larger & alive[None, :])] = 0.0
+        for unit in np.flatnonzero(alive & (fraction.max(axis=1) > max_shared_fraction)):
+            partner = int(fraction[unit].argmax())
+            reasons[unit] = (
+                f"{fraction[unit, partner]:.0%} of its spikes on unit {partner}'s "
+                f"> {max_shared_fraction:.0%}"
+            )
+        alive = np.array([not r for r in reasons], dtype=bool)
     return UnitSelection(alive, counts, rate, median, tuple(reasons))

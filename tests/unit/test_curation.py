@@ -50,3 +50,34 @@ def test_spike_order_does_not_matter():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         select_units(**kwargs)
+
+
+def test_units_riding_on_a_larger_units_spikes_are_removed():
+    """A residual template fires on a big unit's spikes: removed; an
+    independent unit of the same size and a rarely coincident one stay."""
+    rng = np.random.default_rng(4)
+    duration = 300 * 30_000
+    big = np.sort(rng.choice(duration, 3000, replace=False))
+    independent = np.sort(rng.choice(duration, 400, replace=False))
+    # 40 % of the residual unit's spikes lie 0-10 samples after the big unit's
+    riding = np.sort(np.concatenate([
+        rng.choice(big, 160, replace=False) + rng.integers(0, 11, 160),
+        rng.choice(duration, 240, replace=False),
+    ]))
+    times = np.concatenate([big, independent, riding])
+    units = np.repeat([0, 1, 2], [big.size, independent.size, riding.size])
+    amps = np.ones(times.size)
+    kwargs = dict(n_units=3, duration_s=300.0, sample_index=times, shared_window_samples=15)
+    sel = select_units(units, amps, max_shared_fraction=0.2, **kwargs)
+    assert sel.alive.tolist() == [True, True, False]
+    assert "on unit 0's" in sel.reasons[2]
+    # the test is off by default and with a fraction of 1
+    assert select_units(units, amps, **kwargs).alive.all()
+    # shuffled input: same decision
+    perm = rng.permutation(times.size)
+    again = select_units(units[perm], amps, max_shared_fraction=0.2,
+                         **{**kwargs, "sample_index": times[perm]})
+    assert again.alive.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="sample_index must have the shape"):
+        select_units(units, amps, max_shared_fraction=0.2,
+                     **{**kwargs, "sample_index": times[:-1]})
