@@ -643,14 +643,12 @@ def deconvolve_chunk(
             f"got {core_start} and {core_stop}"
         )
     threshold = np.asarray(threshold, dtype=np.float32)
-    if threshold.ndim > 1 or threshold.size not in (1, basis.n_units) or (
-        threshold.ndim == 1 and threshold.size != basis.n_units
-    ):
+    if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.size != basis.n_units):
         raise ValueError(
             f"threshold must be a number or have shape ({basis.n_units},), "
             f"got shape {threshold.shape}"
         )
-    if threshold.size and not (threshold > 0).all():
+    if not (threshold > 0).all():
         raise ValueError(f"threshold must be > 0, got {threshold.min()}")
     if not 0 < amplitude_min <= amplitude_max:
         raise ValueError(

@@ -349,20 +349,32 @@ def test_prepare_rejects_bad_arguments(templates, changes, message):
         prepare_templates(templates, **arguments)
 
 
-def test_noise_factors_raise_a_units_bar_without_changing_others():
-    from shardsort.deconvolve import deconvolve_chunk, prepare_templates
-
+def _weak_and_strong_unit():
+    """Two units (template energies ~27 and ~108), alternating spikes at
+    200, 500, ... in faint white noise: (templates, traces)."""
     rng = np.random.default_rng(11)
     n_t, n_ch = 30, 4
     templates = np.zeros((2, n_t, n_ch), dtype=np.float32)
     templates[0, 8:16, 0] = -3.0 * np.hanning(8)  # energy ~ 27
     templates[1, 8:16, 2] = -6.0 * np.hanning(8)  # energy ~ 108
     traces = 0.2 * rng.standard_normal((3000, n_ch)).astype(np.float32)
-    times = np.arange(200, 2800, 300)
-    for i, t in enumerate(times):
+    for i, t in enumerate(np.arange(200, 2800, 300)):
         traces[t - 10 : t - 10 + n_t] += templates[i % 2]
-    kwargs = dict(core_start=0, core_stop=3000, threshold=15.0, amplitude_min=0.7,
-                  amplitude_max=1.3, refractory_samples=10)
+    return templates, traces
+
+
+_WEAK_STRONG_MATCH = {
+    "core_start": 0,
+    "core_stop": 3000,
+    "amplitude_min": 0.7,
+    "amplitude_max": 1.3,
+    "refractory_samples": 10,
+}
+
+
+def test_noise_factors_raise_a_units_bar_without_changing_others():
+    templates, traces = _weak_and_strong_unit()
+    kwargs = dict(threshold=15.0, **_WEAK_STRONG_MATCH)
     plain = deconvolve_chunk(traces, prepare_templates(templates, pre_samples=10), **kwargs)
     assert sorted(plain["unit_index"].tolist()) == [0] * 5 + [1] * 4
     raised = deconvolve_chunk(
@@ -394,17 +406,9 @@ def test_unit_thresholds_lower_the_bar_only_for_weak_units():
 
 
 def test_per_unit_thresholds_apply_to_their_own_unit_only():
-    rng = np.random.default_rng(11)
-    n_t, n_ch = 30, 4
-    templates = np.zeros((2, n_t, n_ch), dtype=np.float32)
-    templates[0, 8:16, 0] = -3.0 * np.hanning(8)  # energy ~ 27
-    templates[1, 8:16, 2] = -6.0 * np.hanning(8)  # energy ~ 108
-    traces = 0.2 * rng.standard_normal((3000, n_ch)).astype(np.float32)
-    for i, t in enumerate(np.arange(200, 2800, 300)):
-        traces[t - 10 : t - 10 + n_t] += templates[i % 2]
+    templates, traces = _weak_and_strong_unit()
     basis = prepare_templates(templates, pre_samples=10)
-    kwargs = dict(core_start=0, core_stop=3000, amplitude_min=0.7, amplitude_max=1.3,
-                  refractory_samples=10)
+    kwargs = _WEAK_STRONG_MATCH
     both = deconvolve_chunk(traces, basis, threshold=[15.0, 15.0], **kwargs)
     assert sorted(both["unit_index"].tolist()) == [0] * 5 + [1] * 4
     np.testing.assert_array_equal(
