@@ -714,7 +714,8 @@ def merge_similar_templates(
             raise ValueError(
                 f"noise_factors must have shape ({n_units},), got {factors.shape}"
             )
-        energy = (templates.reshape(n_units, -1).astype(np.float64) ** 2).sum(axis=1)
+        flat = templates.reshape(n_units, templates.shape[1] * templates.shape[2])
+        energy = (flat.astype(np.float64) ** 2).sum(axis=1)
         difference = (
             np.minimum.outer(energy, energy)
             * (1.0 - np.clip(cosine, 0.0, 1.0) ** 2)
@@ -946,8 +947,9 @@ def noise_factors(
         )
     if noise.shape[0] < 2:
         raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
-    flat_w = w.reshape(len(w), -1)
-    flat_noise = noise.reshape(len(noise), -1)
+    # Explicit widths: reshape(0, -1) is ambiguous and fails on zero templates.
+    flat_w = w.reshape(len(w), w.shape[1] * w.shape[2])
+    flat_noise = noise.reshape(len(noise), noise.shape[1] * noise.shape[2])
     # Blocks of windows: no float64 copy of all windows (hundreds of MB for
     # a thousand channels).
     projections = np.concatenate(
@@ -971,5 +973,5 @@ def matched_snr(
     The z-score a spike of unit amplitude reaches against background noise.
     """
     w = np.asarray(templates, dtype=np.float64)
-    norms = np.sqrt((w.reshape(len(w), -1) ** 2).sum(axis=1))
+    norms = np.sqrt((w.reshape(len(w), int(np.prod(w.shape[1:]))) ** 2).sum(axis=1))
     return (norms / np.sqrt(np.asarray(factors, dtype=np.float64))).astype(np.float32)

@@ -105,6 +105,8 @@ def test_template_similarity_dense_and_sparse_agree():
     local = np.take_along_axis(templates, channel_ind[:, None, :], 2)
     np.testing.assert_allclose(phy.template_similarity(local, channel_ind), dense)
     assert np.all(phy.template_similarity(np.zeros((2, 4, 3))) == 0)
+    assert phy.template_similarity(np.zeros((0, 4, 3))).shape == (0, 0)
+    assert phy.template_similarity(np.zeros((0, 4, 2)), np.zeros((0, 2), int)).shape == (0, 0)
 
 
 def test_phy_whitening_matrix_maps_dat_units_to_preprocessed():

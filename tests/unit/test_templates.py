@@ -278,6 +278,26 @@ def test_merge_of_no_templates():
     assert mapping.size == 0 and groups == [] and shifts.size == 0
 
 
+def test_zero_templates_pass_every_step_of_the_templates_job():
+    """A recording of pure noise: every cluster dropped, the steps still run."""
+    from shardsort.templates import matched_snr, noise_factors, sparsify_templates
+
+    empty = np.zeros((0, T, 4), np.float32)
+    windows = np.random.default_rng(0).normal(size=(50, T, 4)).astype(np.float32)
+    factors = noise_factors(empty, windows)
+    assert factors.shape == (0,) and factors.dtype == np.float32
+    assert matched_snr(empty, factors).shape == (0,)
+    assert sparsify_templates(empty, np.zeros(0, np.int64), min_fraction=0.1,
+                              noise_ptp=6.0).shape == (0, T, 4)
+    merged, counts, mapping, groups, shifts = merge_similar_templates(
+        empty, np.zeros(0, np.int64), max_shift_samples=2, min_cosine=0.9,
+        max_amplitude_ratio=1.5, noise_factors=factors, max_difference=20.0,
+        distinct=np.zeros((0, 0), bool),
+    )
+    assert merged.shape == (0, T, 4) and counts.shape == mapping.shape == (0,)
+    assert groups == [] and shifts.shape == (0,)
+
+
 # ---------------------------------------------------------------------------
 # Argument errors
 # ---------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def template_similarity(
         )
     n_units, n_times, n_local = templates.shape
     if channel_ind is None:
-        flat = templates.reshape(n_units, -1)
+        flat = templates.reshape(n_units, n_times * n_local)  # -1 fails for 0 units
         gram = flat @ flat.T
     else:
         channels = np.asarray(channel_ind, dtype=np.int64)
