@@ -6,7 +6,8 @@ recording. Required columns (any order)::
     name  path  format  sampling_rate_hz  n_channels  dtype  order  gain_to_uv
     offset_bytes  geometry
 
-and the optional column ``ground_truth`` (path of a ground-truth file). Blank
+and the optional columns ``ground_truth`` (path of a ground-truth file) and
+``electrical_series`` (which ElectricalSeries of an NWB file). Blank
 lines and lines starting with ``#`` are ignored. Relative paths are relative
 to the current working directory (the workflow root).
 
@@ -19,6 +20,10 @@ Cells may be empty where a value has a default or the format carries it:
   channel count, gain and geometry (see :mod:`shardsort.io.spikeglx`).
 * ``openephys``: ``path`` is ``structure.oebin``, its folder, or a stream's
   ``continuous.dat``; the oebin gives rate, channel count and gain.
+* ``nwb``: ``path`` is the ``.nwb`` file; its ElectricalSeries in
+  ``/acquisition`` (the one named in ``electrical_series`` when there are
+  several) gives rate, channel count, samples, gain and positions (see
+  :mod:`shardsort.io.nwb`).
 
 A value given for a self-describing format must agree with what the format
 says, except ``geometry``, which overrides the format's geometry. When no
@@ -44,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .io.geometry import check_positions, default_geometry, load_geometry
+from .io.nwb import nwb_fields
 from .io.openephys import openephys_fields
 from .io.raw import ORDERS, FormatFields, check_dtype, open_recording
 from .io.spikeglx import spikeglx_fields
@@ -62,9 +68,9 @@ COLUMNS = (
     "geometry",
 )
 #: Columns that may be present.
-OPTIONAL_COLUMNS = ("ground_truth",)
+OPTIONAL_COLUMNS = ("ground_truth", "electrical_series")
 #: Recording formats.
-FORMATS = ("binary", "spikeglx", "openephys")
+FORMATS = ("binary", "spikeglx", "openephys", "nwb")
 #: Recording names must be safe as a path component.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 #: Keys accepted in the ``generated`` mapping of :func:`load_recordings_table`.
@@ -122,6 +128,8 @@ class RecordingSpec:
         Ground-truth file from the optional ``ground_truth`` column.
     metadata_path : str or None
         The ``.meta`` / ``structure.oebin`` the fields were read from.
+    electrical_series : str or None
+        NWB: the series read (``acquisition/<name>``).
     """
 
     name: str
@@ -140,6 +148,7 @@ class RecordingSpec:
     n_file_channels: int
     ground_truth: str | None = None
     metadata_path: str | None = None
+    electrical_series: str | None = None
 
     @property
     def positions_array(self) -> npt.NDArray[np.float64]:
@@ -310,12 +319,22 @@ def _binary_source(
 
 
 def _format_source(
-    row: _Row, given: dict[str, Any], path: str, fmt: str, *, with_geometry: bool
-) -> tuple[dict[str, Any], str, int, str, np.ndarray | None]:
-    """Values of a SpikeGLX / Open Ephys row, read from the format's metadata."""
+    row: _Row,
+    given: dict[str, Any],
+    path: str,
+    fmt: str,
+    *,
+    with_geometry: bool,
+    stream: str | None = None,
+) -> tuple[dict[str, Any], str, int, str, np.ndarray | None, FormatFields]:
+    """Values of a SpikeGLX / Open Ephys / NWB row, read from the format's metadata."""
     try:
         if fmt == "spikeglx":
             fields = spikeglx_fields(path, with_geometry=with_geometry)
+        elif fmt == "nwb":
+            fields = nwb_fields(
+                path, electrical_series=stream, with_geometry=with_geometry
+            )
         else:
             fields = openephys_fields(path)
     except FileNotFoundError as error:
@@ -331,6 +350,7 @@ def _format_source(
         fields.n_file_channels,
         fields.metadata_path,
         fields.positions_um,
+        fields,
     )
 
 
@@ -352,8 +372,14 @@ def _resolve_row(
     given = _parse_cells(row, cells)
     geometry = cells["geometry"] or None
     ground_truth = cells.get("ground_truth") or None
+    stream = cells.get("electrical_series") or None
+    if stream is not None and fmt != "nwb":
+        raise row.error(
+            "electrical_series", stream, "an empty cell for a recording not in NWB"
+        )
     plan = generated.get(os.path.normpath(path))
 
+    fields = None
     if fmt == "binary":
         source = _binary_source(row, given, path, must_exist=plan is None)
     elif plan is not None:
@@ -361,7 +387,9 @@ def _resolve_row(
             "format", fmt, "'binary' for a recording the workflow generates"
         )
     else:
-        source = _format_source(row, given, path, fmt, with_geometry=geometry is None)
+        *source, fields = _format_source(
+            row, given, path, fmt, with_geometry=geometry is None, stream=stream
+        )
     values, data_path, n_file_channels, metadata_path, positions = source
     geometry_source = "default" if positions is None else fmt
     _check_values(row, values)
@@ -372,7 +400,10 @@ def _resolve_row(
             row, plan, values, geometry
         )
     else:
-        n_samples = _count_samples(row, data_path, values, n_file_channels)
+        if fields is not None and fields.n_samples is not None:
+            n_samples = fields.n_samples
+        else:
+            n_samples = _count_samples(row, data_path, values, n_file_channels)
         if geometry is not None:
             positions, geometry_source = (
                 _load_geometry(row, geometry, n_channels),
@@ -402,6 +433,7 @@ def _resolve_row(
         n_file_channels=int(n_file_channels),
         ground_truth=ground_truth,
         metadata_path=metadata_path,
+        electrical_series=fields.stream if fields is not None and fmt == "nwb" else None,
     )
 
 

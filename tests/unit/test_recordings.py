@@ -206,8 +206,8 @@ TABLE = where()
     ("cells", "pattern"),
     [
         (
-            {"format": "nwb"},
-            r"format='nwb': expected one of \('binary', 'spikeglx', 'openephys'\)",
+            {"format": "mda"},
+            r"format='mda': expected one of \('binary', 'spikeglx', 'openephys', 'nwb'\)",
         ),
         (
             {"dtype": "int12"},
