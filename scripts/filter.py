@@ -4,7 +4,7 @@ import numpy as np
 
 from shardsort.io.arrays import write_array
 from shardsort.jobs import job_logger
-from shardsort.preprocess import bandpass_filter
+from shardsort.preprocess import bandpass_filter, zero_nonfinite
 from shardsort.recordings import open_spec
 
 log = job_logger(snakemake)
@@ -21,9 +21,15 @@ sos = np.asarray(snakemake.params.sos, dtype=np.float64)
 block_channels = 32
 n_shard = shard["channel_stop"] - shard["channel_start"]
 filtered = np.empty((chunk["stop"] - chunk["start"], n_shard), np.float32)
+nonfinite = {}  # channel: [count, first sample] of NaN/inf raw samples in the core, zeroed
 for first in range(shard["channel_start"], shard["channel_stop"], block_channels):
     channels = np.arange(first, min(first + block_channels, shard["channel_stop"]))
     window = rec.get_traces(lo, hi, channels=channels)
+    window, found = zero_nonfinite(
+        window, core_start=chunk["start"] - lo, core_stop=chunk["stop"] - lo
+    )
+    for i in np.flatnonzero(found.counts):
+        nonfinite[int(channels[i])] = [int(found.counts[i]), chunk["start"] + int(found.first[i])]
     filtered[:, channels - shard["channel_start"]] = bandpass_filter(
         window,
         sos=sos,
@@ -39,7 +45,11 @@ write_array(
     start_sample=chunk["start"],
     channel_start=shard["channel_start"],
     channel_stop=shard["channel_stop"],
+    **({"nonfinite": nonfinite} if nonfinite else {}),
 )
+for channel, (count, at) in nonfinite.items():
+    log.warning("channel %d: %d NaN/inf raw samples replaced by 0 before filtering, the first at "
+                "sample %d", channel, count, at)
 log.info(
     "chunk %d [%d, %d) channels [%d, %d): read [%d, %d), margin %d",
     chunk["index"], chunk["start"], chunk["stop"],

@@ -3,8 +3,9 @@ common reference and local whitening.
 
 The workflow runs them in this order:
 
-1. ``filter[c, t]``: :func:`bandpass_filter` on a channel shard x time chunk
-   read with :func:`filter_margin_samples` samples of margin on each side;
+1. ``filter[c, t]``: :func:`zero_nonfinite`, then :func:`bandpass_filter`
+   on a channel shard x time chunk read with :func:`filter_margin_samples`
+   samples of margin on each side;
    the concatenated chunk outputs equal whole-array
    ``scipy.signal.sosfiltfilt(sos, x, axis=0)``.
 2. ``noise_stats``: :func:`robust_noise_scale`, :func:`detect_bad_channels`
@@ -390,6 +391,62 @@ def _run_cascade(
     y_blocks += observe @ states
     y[rest] = rest_transfer @ x[rest] + rest_observe @ state
     return y
+
+
+class NonFinite(NamedTuple):
+    """Non-finite samples found by :func:`zero_nonfinite`, per channel."""
+
+    counts: npt.NDArray[np.int64]
+    """NaN or infinite samples in the core, shape (n_channels,)."""
+    first: npt.NDArray[np.int64]
+    """Index of the first one in the core (from ``core_start``), -1 if none."""
+
+
+def zero_nonfinite(
+    window: npt.ArrayLike, *, core_start: int, core_stop: int
+) -> tuple[np.ndarray, NonFinite]:
+    """Replace NaN and infinite samples by 0 and count those of the core.
+
+    A float recording may hold a few NaN samples (a dropped packet, a
+    saturated converter); one of them would spread over a whole channel
+    through the filter. The filter job zeroes them in its whole window (the
+    same samples in every chunk that reads them, so sharding does not change
+    the answer) and reports only those of its core (each sample once).
+
+    Parameters
+    ----------
+    window : array_like, shape (n_window, n_channels)
+        Raw samples, any numeric dtype (integer windows are returned as is).
+    core_start, core_stop : int
+        Core of the chunk as indices into ``window``.
+
+    Returns
+    -------
+    window : ndarray, shape (n_window, n_channels)
+        ``window`` itself when every sample is finite, else a copy with the
+        non-finite samples set to 0.
+    found : NonFinite
+        Per channel: how many non-finite samples the core holds and where the
+        first one lies, relative to ``core_start``.
+    """
+    window = _as_traces(window, "window")
+    n_window, n_channels = window.shape
+    if not 0 <= core_start <= core_stop <= n_window:
+        raise ValueError(
+            f"core_start, core_stop must satisfy 0 <= core_start <= core_stop <= "
+            f"{n_window} (window length), got {core_start}, {core_stop}"
+        )
+    none = NonFinite(np.zeros(n_channels, np.int64), np.full(n_channels, -1, np.int64))
+    if not np.issubdtype(window.dtype, np.floating):
+        return window, none
+    bad = ~np.isfinite(window)
+    if not bad.any():
+        return window, none
+    window = np.where(bad, window.dtype.type(0), window)
+    core = bad[core_start:core_stop]
+    counts = core.sum(axis=0, dtype=np.int64)
+    first = np.where(counts > 0, core.argmax(axis=0), -1).astype(np.int64)
+    return window, NonFinite(counts, first)
 
 
 def bandpass_filter(

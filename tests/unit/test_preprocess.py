@@ -17,6 +17,7 @@ from shardsort.preprocess import (
     local_whitening_matrix,
     noise_covariance,
     robust_noise_scale,
+    zero_nonfinite,
 )
 
 FS = 30_000.0
@@ -750,3 +751,23 @@ def test_design_time_helpers_equal_scipy():
         np.testing.assert_allclose(z2, z, rtol=1e-10, atol=1e-12)
     column = rng.normal(size=9)
     np.testing.assert_array_equal(_lower_toeplitz(column), linalg.toeplitz(column, np.zeros(9)))
+
+
+def test_zero_nonfinite_zeroes_the_window_and_counts_the_core() -> None:
+    window = np.ones((100, 3), np.float32)
+    window[5, 1] = np.nan  # in the left margin: zeroed, not counted here
+    window[20, 1] = np.inf
+    window[30:33, 1] = np.nan
+    window[95, 2] = -np.inf  # right margin
+    out, found = zero_nonfinite(window, core_start=10, core_stop=90)
+    assert np.isfinite(out).all() and out.dtype == np.float32
+    assert out[5, 1] == out[20, 1] == out[31, 1] == out[95, 2] == 0 and out[0, 0] == 1
+    np.testing.assert_array_equal(found.counts, [0, 4, 0])
+    np.testing.assert_array_equal(found.first, [-1, 10, -1])
+    clean = np.ones((10, 2), np.float32)
+    same, found = zero_nonfinite(clean, core_start=0, core_stop=10)
+    assert same is clean and not found.counts.any() and (found.first == -1).all()
+    ints = np.ones((10, 2), np.int16)
+    assert zero_nonfinite(ints, core_start=0, core_stop=10)[0] is ints
+    with pytest.raises(ValueError, match="core_start, core_stop"):
+        zero_nonfinite(clean, core_start=5, core_stop=11)
