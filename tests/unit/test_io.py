@@ -482,9 +482,13 @@ def test_spikeglx_np1_fields_exclude_the_sync_channel(tmp_path):
         ) == (4, 5, "int16", "samples")
         assert fields.sampling_rate_hz == 30000.5
         assert fields.gain_to_uv == pytest.approx(0.6 / 512 / 500 * 1e6)
+        # probeinterface's NP 1.0 geometry (no imDatPrb_pn: read from ~imroTbl),
+        # not the toy ~snsGeomMap; electrodes 0-3, staggered rows 20 um apart.
         np.testing.assert_array_equal(
-            fields.positions_um, [[11, 0], [27, 0], [11, 20], [27, 20]]
+            fields.positions_um, [[16, 0], [48, 0], [0, 20], [32, 20]]
         )
+        np.testing.assert_allclose(fields.sample_shifts, [0, 0, 1 / 13, 1 / 13])
+        assert fields.shank_ids is None
     rec = Recording(
         fields.data_path,
         n_channels=4,
@@ -499,7 +503,7 @@ def test_spikeglx_np1_fields_exclude_the_sync_channel(tmp_path):
     assert read_meta(bin_path.with_suffix(".meta"))["imroTbl"].startswith("(0,4)")
 
 
-def test_spikeglx_np2_shank_map_and_fixed_gain(tmp_path):
+def test_spikeglx_np2_one_shank_of_four_and_fixed_gain(tmp_path):
     meta = {
         "imSampRate": "30000",
         "nSavedChans": "3",
@@ -512,9 +516,11 @@ def test_spikeglx_np2_shank_map_and_fixed_gain(tmp_path):
     }
     fields = spikeglx_fields(write_spikeglx(tmp_path, np.zeros((4, 3)), meta))
     assert fields.gain_to_uv == pytest.approx(0.5 / 8192 / 80 * 1e6)
-    np.testing.assert_array_equal(
-        fields.positions_um, [[250 + 27, 0], [250 + 27 + 32, 45]]
-    )
+    # Both channels on shank 1 (x offset by the 250 um shank pitch): one
+    # shank in use, so no shank ids.
+    np.testing.assert_array_equal(fields.positions_um, [[250, 0], [282, 0]])
+    assert fields.shank_ids is None
+    np.testing.assert_allclose(fields.sample_shifts, [0, 0])
 
 
 def test_spikeglx_saved_subset_uses_the_saved_channels_gains(tmp_path):
@@ -525,7 +531,8 @@ def test_spikeglx_saved_subset_uses_the_saved_channels_gains(tmp_path):
     meta.pop("~snsGeomMap")
     fields = spikeglx_fields(write_spikeglx(tmp_path, np.zeros((4, 3)), meta))
     assert fields.gain_to_uv == pytest.approx(0.6 / 512 / 500 * 1e6)
-    assert fields.positions_um is None
+    np.testing.assert_array_equal(fields.positions_um, [[0, 20], [32, 20]])
+    np.testing.assert_allclose(fields.sample_shifts, [1 / 13, 1 / 13])
 
 
 def test_spikeglx_errors(tmp_path):

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from .raw import FormatFields
 
@@ -36,6 +39,52 @@ def _locate(path: Path) -> tuple[Path, str | None]:
     if stream_dir.parent.name == "continuous":
         return stream_dir.parent.parent / OEBIN_NAME, stream_dir.name
     return path / OEBIN_NAME, None
+
+
+def settings_path(oebin_path: Path) -> Path | None:
+    """The Record Node's settings file of the experiment holding ``oebin_path``.
+
+    None when ``oebin_path`` is not in an ``experiment<n>/recording<m>/``
+    folder of a Record Node.
+    """
+    experiment = oebin_path.resolve().parent.parent
+    number = experiment.name.removeprefix("experiment")
+    if not number.isdigit():
+        return None
+    name = "settings.xml" if number == "1" else f"settings_{number}.xml"
+    return experiment.parent / name
+
+
+def _probe_fields(oebin_path: Path, folder: str, n_channels: int) -> dict:
+    """positions_um, shank_ids and sample_shifts from the Record Node's settings."""
+    from .spikeglx import sample_shifts_from_probe, shank_ids_from_probe
+
+    none = {"positions_um": None, "shank_ids": None, "sample_shifts": None}
+    settings = settings_path(oebin_path)
+    if settings is None or not settings.is_file():
+        return none
+    import probeinterface
+
+    if not probeinterface.has_neuropixels_probes(settings, stream_name=folder):
+        return none
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = probeinterface.read_openephys_neuropixels(
+                settings, stream_name=folder
+            )
+    except Exception as error:  # probeinterface raises bare Exception
+        raise ValueError(
+            f"Open Ephys settings {str(settings)!r}: probeinterface cannot read the "
+            f"probe of stream {folder!r}: {error}"
+        ) from None
+    if probe is None or probe.get_contact_count() != n_channels:
+        return none
+    return {
+        "positions_um": np.asarray(probe.contact_positions, dtype=np.float64)[:, :2],
+        "shank_ids": shank_ids_from_probe(probe),
+        "sample_shifts": sample_shifts_from_probe(probe, lf_stream="LFP" in folder),
+    }
 
 
 def _select_stream(streams: list[dict], stream: str | None, oebin: str) -> dict:
@@ -76,7 +125,9 @@ def openephys_fields(
     Returns
     -------
     FormatFields
-        int16, samples order, no positions (the format carries none).
+        int16, samples order; positions, shank ids and sample shifts of a
+        Neuropixels probe described in the Record Node's ``settings.xml``
+        (see the module docstring), else None.
 
     Raises
     ------
@@ -84,7 +135,9 @@ def openephys_fields(
         If ``structure.oebin`` or the stream's ``continuous.dat`` is missing.
     ValueError
         For a malformed ``structure.oebin``, an unknown stream, neural
-        channels that are not leading or do not share one ``bit_volts``.
+        channels that are not leading or do not share one ``bit_volts``, or
+        a ``settings.xml`` describing a Neuropixels probe probeinterface
+        cannot read.
     """
     oebin_path, implied = _locate(Path(path))
     oebin = str(oebin_path)
@@ -155,5 +208,5 @@ def openephys_fields(
         order="samples",
         gain_to_uv=gains.pop(),
         offset_bytes=0,
-        positions_um=None,
+        **_probe_fields(oebin_path, folder, n_channels),
     )

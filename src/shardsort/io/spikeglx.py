@@ -31,29 +31,31 @@ uses ``niAiRangeMax``/``niMaxInt`` (default 32768) with ``niMNGain``,
 ``niMAGain`` and 1 for XA; obx uses ``obAiRangeMax``/``obMaxInt`` and gain 1.
 A recording has one gain: channels with different gains raise ``ValueError``.
 
-Geometry
---------
-``~snsGeomMap`` (SpikeGLX >= 2023): header ``(part, n_shanks, shank_sep_um,
-shank_width_um)`` then one ``(shank:x_um:z_um:used)`` entry per saved neural
-channel; position = ``(shank * shank_sep_um + x_um, z_um)``.
-``~snsShankMap`` (older files): header ``(n_shanks, n_cols, n_rows)`` then
-``(shank:col:row:used)`` entries. Grid indices become micrometres with the
-electrode pitch of the probe family: NP 2.0 (``imDatPrb_type`` 21, 24 or
-2000-2999) 32 um between columns, 15 um between rows, 250 um between shanks,
-columns at x = 27 + 32 * col; everything else (NP 1.0, 3A, nidq) 32 um between
-columns and 20 um between rows with the NP 1.0 stagger (x = 27 + 32 * col on
-even rows, 11 + 32 * col on odd rows). These tables are approximations for
-files that predate ``~snsGeomMap``; relative distances are what matters to
-the sorter.
+Geometry, shanks and sample shifts
+----------------------------------
+From probeinterface (:func:`probe_info`): ``read_spikeglx`` builds the probe
+from its part number (``imDatPrb_pn``) and ``~imroTbl`` (which electrodes,
+which shank), sliced to the saved channels; metas older than the part number
+(SpikeGLX before 2019) are read from ``~imroTbl`` alone (``read_imro``, its
+header gives the probe type). Positions are probeinterface's (x offset by
+the shank pitch on multi-shank probes), shank ids per channel, and the ADC
+sampling order gives each channel's sample shift (:mod:`shardsort.phase`).
+When probeinterface does not know the probe, ``~snsGeomMap`` (SpikeGLX >=
+2023: ``(shank:x_um:z_um:used)`` per channel) gives positions and shanks,
+without sample shifts; without it, the error asks for a geometry file.
+nidq and obx streams carry no geometry.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from .raw import FormatFields
 
@@ -224,47 +226,147 @@ def _gain_to_uv(
     return vmax / imax / float(distinct[0]) * 1e6
 
 
-def _entries(
-    groups: list[str], meta_path: str, tag: str, n_channels: int
-) -> np.ndarray:
-    entries = np.array(
-        [[float(v) for v in g.split(":")] for g in groups], dtype=np.float64
-    )
-    if entries.shape != (n_channels, 4):
+class ProbeInfo(NamedTuple):
+    """What the probe tells about the neural channels of a stream."""
+
+    positions_um: np.ndarray  # (n_channels, 2), x offset by shank pitch
+    shank_ids: np.ndarray | None  # (n_channels,) int, None for one shank
+    sample_shifts: np.ndarray | None  # (n_channels,) sample periods, or None
+    source: str  # 'probeinterface' or 'snsGeomMap'
+
+
+def sample_shifts_from_probe(
+    probe, *, lf_stream: bool = False
+) -> npt.NDArray[np.float64] | None:
+    """Per-contact sample shifts of a probeinterface Neuropixels probe.
+
+    ``adc_sample_order / n_cycles`` sample periods, ``n_cycles`` being the
+    conversion slots of one ADC per AP sample: ``num_channels_per_adc * (1
+    + lf_rate / ap_rate)`` (13 for NP 1.0, whose ADCs spend one slot on the
+    LFP band; 16 for NP 2.0), the definition of SpikeInterface's
+    ``inter_sample_shift``. For an LF stream the shifts are in LF sample
+    periods (``lf_rate / ap_rate`` times smaller). None when the probe does
+    not carry its ADC sampling order.
+    """
+    order = probe.contact_annotations.get("adc_sample_order")
+    per_adc = probe.annotations.get("num_channels_per_adc")
+    ap_rate = probe.annotations.get("ap_sample_frequency_hz")
+    lf_rate = probe.annotations.get("lf_sample_frequency_hz")
+    if order is None or per_adc is None or not ap_rate or lf_rate is None:
+        return None
+    n_cycles = int(per_adc * (1 + lf_rate / ap_rate))
+    shifts = np.asarray(order, dtype=np.float64) / n_cycles
+    if lf_stream:
+        shifts *= lf_rate / ap_rate
+    return shifts
+
+
+def shank_ids_from_probe(probe) -> npt.NDArray[np.int64] | None:
+    """Integer shank id per contact, or None for a single-shank probe."""
+    if probe.shank_ids is None:
+        return None
+    ids = np.asarray(probe.shank_ids)
+    if ids.size == 0 or np.any((ids == "") | (ids == None)):  # noqa: E711
+        return None
+    ids = ids.astype(np.int64)
+    return ids if np.unique(ids).size > 1 else None
+
+
+def _read_probe(meta: dict[str, str], meta_path: str):
+    """probeinterface's probe for the stream (``read_spikeglx``).
+
+    Metas without ``imDatPrb_pn`` (SpikeGLX before 2019) are read through
+    ``read_imro`` from their ``~imroTbl`` (its header names the probe type),
+    keeping the saved channels (``snsSaveChanSubset``).
+    """
+    import probeinterface
+
+    if meta.get("imDatPrb_pn") or meta.get("imProbeOpt") is not None:
+        return probeinterface.read_spikeglx(meta_path)
+    with tempfile.TemporaryDirectory() as folder:
+        imro = Path(folder) / "probe.imro"
+        imro.write_text(meta["imroTbl"], encoding="utf-8")
+        probe = probeinterface.read_imro(imro)
+    subset = meta.get("snsSaveChanSubset", "all")
+    if subset not in ("all", ""):
+        saved = np.array(_parse_channel_list(subset))
+        saved = saved[saved < probe.get_contact_count()]
+        if saved.size != probe.get_contact_count():
+            probe = probe.get_slice(saved)
+    return probe
+
+
+def _geom_map(meta: dict[str, str], n_channels: int, meta_path: str) -> ProbeInfo:
+    """Positions and shanks from ``~snsGeomMap`` (``parse_spikeglx_snsGeomMap``)."""
+    import probeinterface
+
+    try:
+        _, _, pitch, shanks, x, y, _ = probeinterface.parse_spikeglx_snsGeomMap(meta)
+    except (ValueError, IndexError) as error:
         raise ValueError(
-            f"SpikeGLX meta {meta_path!r}: ~{tag} has {len(groups)} channel entries, "
-            f"expected one (a:b:c:d) entry per neural channel, n_channels={n_channels}"
+            f"SpikeGLX meta {meta_path!r}: ~snsGeomMap must be a header "
+            f"(part,n_shanks,shank_sep_um,shank_width_um) then one "
+            f"(shank:x_um:z_um:used) entry per channel: {error}"
+        ) from None
+    if x.size != n_channels:
+        raise ValueError(
+            f"SpikeGLX meta {meta_path!r}: ~snsGeomMap has {x.size} channel entries, "
+            f"expected one (shank:x:z:used) entry per neural channel, "
+            f"n_channels={n_channels}"
         )
-    return entries
+    ids = shanks if np.unique(shanks).size > 1 else None
+    return ProbeInfo(np.column_stack([shanks * pitch + x, y]), ids, None, "snsGeomMap")
 
 
-def _positions(
-    meta: dict[str, str], n_channels: int, meta_path: str
-) -> np.ndarray | None:
-    if "snsGeomMap" in meta:
-        groups = _groups(meta["snsGeomMap"])
-        header = groups[0].split(",")
-        shank_sep = float(header[2]) if len(header) > 2 else 0.0
-        entries = _entries(groups[1:], meta_path, "snsGeomMap", n_channels)
-        return np.column_stack(
-            [entries[:, 0] * shank_sep + entries[:, 1], entries[:, 2]]
+def probe_info(
+    meta: dict[str, str], meta_path: str, counts: list[int], *, with_shifts: bool = True
+) -> ProbeInfo | None:
+    """Geometry, shanks and sample shifts of an imec stream's neural channels.
+
+    From probeinterface (every Neuropixels part number it knows, from
+    ``~imroTbl`` and ``imDatPrb_pn``); when probeinterface cannot describe
+    the probe, from ``~snsGeomMap`` (no sample shifts then). None for nidq /
+    obx streams and imec metas with neither ``~imroTbl`` nor ``~snsGeomMap``.
+
+    Raises
+    ------
+    ValueError
+        When probeinterface fails and the meta has no ``~snsGeomMap``, or the
+        probe's channels do not match the stream's neural channels.
+    """
+    n_channels = sum(counts[:2])
+    if "imroTbl" not in meta:
+        return _geom_map(meta, n_channels, meta_path) if "snsGeomMap" in meta else None
+    try:
+        probe = _read_probe(meta, meta_path)
+        problem = None
+    except (KeyError, ValueError, AssertionError, IndexError) as error:
+        probe, problem = None, f"{type(error).__name__}: {error}"
+    if probe is not None and probe.get_contact_count() != max(counts[0], counts[1]):
+        probe, problem = None, (
+            f"the probe has {probe.get_contact_count()} saved channels, the stream "
+            f"snsApLfSy={counts[0]},{counts[1]} neural channels"
         )
-    if "snsShankMap" in meta:
-        groups = _groups(meta["snsShankMap"])
-        entries = _entries(groups[1:], meta_path, "snsShankMap", n_channels)
-        probe_type = int(float(meta.get("imDatPrb_type", "0") or 0))
-        if probe_type in (21, 24) or 2000 <= probe_type < 3000:
-            offsets, x_pitch, y_pitch = (27.0, 27.0), 32.0, 15.0
-        else:
-            offsets, x_pitch, y_pitch = (27.0, 11.0), 32.0, 20.0
-        shank, col, row = entries[:, 0], entries[:, 1], entries[:, 2]
-        x = (
-            250.0 * shank
-            + np.where(row % 2 == 0, offsets[0], offsets[1])
-            + x_pitch * col
+    if probe is None or 0 not in counts[:2]:
+        if "snsGeomMap" in meta:
+            return _geom_map(meta, n_channels, meta_path)
+        raise ValueError(
+            f"SpikeGLX meta {meta_path!r}: probeinterface cannot describe probe "
+            f"imDatPrb_pn={meta.get('imDatPrb_pn')!r} "
+            f"imDatPrb_type={meta.get('imDatPrb_type')!r} "
+            f"({problem or 'AP and LF channels in one stream'}) and the meta has no "
+            "~snsGeomMap; expected a Neuropixels probe probeinterface knows, or give "
+            "the channel positions in the recordings table's geometry column"
         )
-        return np.column_stack([x, y_pitch * row])
-    return None
+    shifts = (
+        sample_shifts_from_probe(probe, lf_stream=counts[0] == 0) if with_shifts else None
+    )
+    return ProbeInfo(
+        np.asarray(probe.contact_positions, dtype=np.float64)[:, :2],
+        shank_ids_from_probe(probe),
+        shifts,
+        "probeinterface",
+    )
 
 
 def spikeglx_fields(
@@ -283,8 +385,10 @@ def spikeglx_fields(
     Returns
     -------
     FormatFields
-        ``positions_um`` is None when the meta has neither ``~snsGeomMap``
-        nor ``~snsShankMap`` (or ``with_geometry`` is False).
+        ``positions_um`` and ``shank_ids`` (None for a single shank) as
+        :func:`probe_info` gives them, None for nidq / obx streams or when
+        ``with_geometry`` is False; ``sample_shifts`` (sample periods per
+        channel) when probeinterface knows the probe's ADC sampling order.
 
     Raises
     ------
@@ -292,7 +396,9 @@ def spikeglx_fields(
         If the ``.meta`` or the ``.bin`` is missing.
     ValueError
         For missing or inconsistent tags, a ``.bin`` whose size differs from
-        ``fileSizeBytes``, or channels with different gains.
+        ``fileSizeBytes``, channels with different gains, or (with
+        ``with_geometry``) a probe neither probeinterface nor ``~snsGeomMap``
+        describes.
     """
     meta_path, bin_path = _paths(path)
     meta = read_meta(meta_path)
@@ -329,6 +435,13 @@ def spikeglx_fields(
             f"SpikeGLX binary {bin_path!r} holds {size} bytes but its meta says "
             f"fileSizeBytes={meta['fileSizeBytes']} (truncated or modified file?)"
         )
+    info = None
+    if stream == "imec":
+        try:
+            info = probe_info(meta, meta_path, counts)
+        except ValueError:
+            if with_geometry:
+                raise
     return FormatFields(
         data_path=bin_path,
         metadata_path=meta_path,
@@ -339,5 +452,7 @@ def spikeglx_fields(
         order="samples",
         gain_to_uv=_gain_to_uv(meta, stream, counts, meta_path),
         offset_bytes=0,
-        positions_um=_positions(meta, n_channels, meta_path) if with_geometry else None,
+        positions_um=info.positions_um if info and with_geometry else None,
+        shank_ids=info.shank_ids if info and with_geometry else None,
+        sample_shifts=info.sample_shifts if info else None,
     )
