@@ -1,11 +1,21 @@
 # Figures and tables that `snakemake --report report.html` embeds, per recording.
 
 
+def get_uncorrected_chunks(wildcards):
+    """Every preprocessed chunk: their sidecars count the NaN/inf raw samples zeroed."""
+    recording = wildcards.recording
+    return uncorrected_paths(recording, range(len(PLANS[recording].chunks)))
+
+
 rule report_overview:
     input:
         sorting="results/{recording}/sorting.h5",
         metrics="results/{recording}/metrics.tsv",
         bad_channels="results/{recording}/bad_channels.tsv",
+        # Why a sort without units has none, and what the filter zeroed.
+        spikes="results/{recording}/spikes.h5",
+        templates="results/{recording}/templates.h5",
+        chunks=get_uncorrected_chunks,
     output:
         probe_map=report(
             "results/{recording}/report/probe_map.png",

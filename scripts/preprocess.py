@@ -33,6 +33,13 @@ out = apply_preprocessing(
     int16_scale=int16_scale,
 )
 attrs = {"start_sample": chunk["start"]}
+# NaN/inf raw samples the filter jobs replaced by 0, {channel: [count, first
+# sample]} (shards hold disjoint channels); read by the report.
+nonfinite = {}
+for p in parts:
+    nonfinite.update({int(c): v for c, v in read_sidecar(p).get("nonfinite", {}).items()})
+if nonfinite:
+    attrs["nonfinite"] = dict(sorted(nonfinite.items()))
 if int16_scale is not None:
     attrs["scale"] = 1.0 / int16_scale
 write_array(

@@ -9,10 +9,12 @@ import csv
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from shardsort import report
 from shardsort.io.arrays import atomic_path
+from shardsort.io.arrays import read_sidecar
 from shardsort.jobs import job_logger, read_h5
 from shardsort.sortingfile import load_metrics
 
@@ -20,10 +22,11 @@ log = job_logger(snakemake)
 
 
 def read_tsv(path):
-    """Columns of a TSV file as lists of strings."""
+    """Columns of a TSV file as lists of strings (the header's columns when it has no row)."""
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    return {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+        reader = csv.DictReader(fh, delimiter="\t")
+        rows = list(reader)
+    return {name: [row[name] for row in rows] for name in (reader.fieldnames or [])}
 
 
 def as_float(values):
@@ -63,9 +66,13 @@ def overview():
     labels = np.full(len(s["channel_positions_um"]), "good", dtype=object)
     labels[np.array(bad["channel"], dtype=np.int64)] = bad["label"]
     unit_positions_um = np.column_stack([units["x_um"], units["y_um"]])
+    why = no_units_reason(len(units))
+    if why:
+        log.warning("%s", why)
     save(report.probe_map_figure(
         s["channel_positions_um"], labels.astype(str), unit_positions_um,
         unit_index=units["unit_index"], unit_amplitude=units["peak_to_peak"],
+        no_units_note=why,
     ), snakemake.output.probe_map)
     save(report.drift_raster_figure(
         s["spikes"], s["spike_positions_um"], sampling_rate_hz=rate,
@@ -77,9 +84,38 @@ def overview():
     duration_s = float(s["attrs"]["n_samples"]) / rate
     note = (f"{len(units)} units, {len(s['spikes'])} spikes in {duration_s:.1f} s "
             f"(definitions: Allen Institute ecephys quality metrics)")
+    nonfinite = report.nonfinite_note(raw_nonfinite())
+    if nonfinite:
+        log.warning("%s", nonfinite)
+    note = " ".join(filter(None, [note, why, nonfinite]))
     write_text(report.html_table(metrics, title="Quality metrics per unit", note=note),
                snakemake.output.metrics)
     log.info("overview of %d units, %d spikes", len(units), len(s["spikes"]))
+
+
+def no_units_reason(n_units):
+    """Why the sort has no unit ("" if it has): counts of spikes.h5 and templates.h5."""
+    if n_units:
+        return ""
+    with h5py.File(snakemake.input.spikes, "r") as f:
+        n_detected = len(f["peaks"])
+    t = read_h5(snakemake.input.templates, keys=["templates", "cluster_dropped"])
+    dropped = t["cluster_dropped"]
+    return report.no_units_reason(
+        n_detected=n_detected, n_clusters=len(dropped),
+        cluster_dropped={name: dropped[name] for name in dropped.dtype.names},
+        n_templates=len(t["templates"]), n_units=n_units,
+    )
+
+
+def raw_nonfinite():
+    """{channel: [count, first sample]} of the NaN/inf raw samples zeroed, over all chunks."""
+    total = {}
+    for path in snakemake.input.chunks:
+        for channel, (count, first) in (read_sidecar(path).get("nonfinite") or {}).items():
+            n, at = total.get(int(channel), (0, first))
+            total[int(channel)] = [n + int(count), min(int(at), int(first))]
+    return total
 
 
 def units_pages():

@@ -90,6 +90,12 @@ for cid in np.flatnonzero(~keep | weak):
         why.append(f"matched SNR {snr[cid]:.1f} < {cfg['min_snr']}")
     log.info("cluster %d dropped: %s (%d spikes)", cid, ", ".join(why), counts[cid])
 kept = np.flatnonzero(keep & ~weak)
+# Why each cluster was dropped (all False: kept); the report says it when no
+# unit is left.
+dropped = np.zeros(n_clusters, dtype=[(name, "?") for name in (*reasons, "min_snr")])
+for name, mask in reasons.items():
+    dropped[name] = mask
+dropped["min_snr"] = weak
 
 # 2. Merge units found twice (neighbouring channels/groups, or split clusters),
 #    but never two clusters whose spike trains show they are two neurons.
@@ -150,6 +156,7 @@ write_h5(
         "positions_um": unit_positions.astype(np.float32),
         "noise_factors": factors,
         "matched_snr": snr,
+        "cluster_dropped": dropped,
     },
     {"pre_samples": pre, "post_samples": post, "n_clusters": n_clusters},
 )

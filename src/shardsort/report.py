@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -192,6 +193,7 @@ def probe_map_figure(
     *,
     unit_index: npt.ArrayLike,
     unit_amplitude: npt.ArrayLike,
+    no_units_note: str = "",
 ) -> Figure:
     """Probe map: channels (bad ones marked) and the estimated position of each unit.
 
@@ -205,6 +207,9 @@ def probe_map_figure(
     unit_index : array_like of int, shape (n_units,)
     unit_amplitude : array_like of float, shape (n_units,)
         Peak-to-peak amplitude (noise units); sets the marker area.
+    no_units_note : str, optional
+        Written on the map when there is no unit (why: :func:`no_units_reason`);
+        "no units" when empty.
 
     Returns
     -------
@@ -237,8 +242,10 @@ def probe_map_figure(
                 ax.annotate(str(int(u)), (x, y), xytext=(4, 3), textcoords="offset points",
                             fontsize=7)
     else:
-        ax.text(0.5, 0.98, "no units", ha="center", va="top", transform=ax.transAxes,
-                fontsize=12)
+        text = textwrap.fill(no_units_note, 38) if no_units_note else "no units"
+        ax.text(0.5, 0.98, text, ha="center", va="top", transform=ax.transAxes,
+                fontsize=12 if not no_units_note else 9,
+                bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9})
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.set_title(
@@ -247,6 +254,71 @@ def probe_map_figure(
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.subplots_adjust(left=0.13, right=0.68, top=0.94, bottom=0.08)
     return fig
+
+
+def no_units_reason(
+    *,
+    n_detected: int,
+    n_clusters: int,
+    cluster_dropped: Mapping[str, npt.ArrayLike],
+    n_templates: int,
+    n_units: int,
+) -> str:
+    """Why a sort has no unit, from the counts at each stage ("" if it has units).
+
+    Parameters
+    ----------
+    n_detected : int
+        Spikes detected (``spikes.h5``).
+    n_clusters : int
+        Clusters formed from them (before the template tests).
+    cluster_dropped : mapping of str to array_like of bool, shape (n_clusters,)
+        Per template test (``too_spread``, ``min_snr``, ...), the clusters it
+        dropped (``templates.h5`` ``cluster_dropped``); a cluster may fail
+        several.
+    n_templates : int
+        Templates kept after the tests and the merge (matched in deconvolution).
+    n_units : int
+        Units in the final sorting.
+    """
+    counts = [_check_count(name, value, 0) for name, value in (
+        ("n_detected", n_detected), ("n_clusters", n_clusters),
+        ("n_templates", n_templates), ("n_units", n_units))]
+    n_detected, n_clusters, n_templates, n_units = counts
+    if n_units:
+        return ""
+    if n_detected == 0:
+        return "No unit: no spike detected above threshold."
+    if n_clusters == 0:
+        return (f"No unit: no cluster formed; all {n_detected} detected spikes were "
+                "triaged (too few per cluster or outliers).")
+    if n_templates == 0:
+        failed = []
+        for name, mask in cluster_dropped.items():
+            mask = _check_length(f"cluster_dropped[{name!r}]", mask, n_clusters).astype(bool)
+            if mask.any():
+                failed.append(f"{name} ({int(mask.sum())})")
+        why = (" for " + ", ".join(failed)) if failed else ""
+        return (f"No unit: no cluster passed the template tests; {n_clusters} "
+                f"dropped{why} (of {n_detected} detected spikes).")
+    return (f"No unit: all {n_templates} templates were removed after deconvolution "
+            "(too few spikes, too low a rate or amplitude, or riding on another "
+            "unit's spikes; see logs/merge_units.log).")
+
+
+def nonfinite_note(nonfinite: Mapping[int, Sequence[int]]) -> str:
+    """One sentence on the NaN/inf raw samples replaced by 0 ("" if none).
+
+    ``nonfinite`` maps a channel to ``[count, first sample]`` (as the filter
+    jobs record it in their sidecars, summed over time chunks).
+    """
+    if not nonfinite:
+        return ""
+    items = sorted((int(c), int(n), int(first)) for c, (n, first) in nonfinite.items())
+    total = sum(n for _, n, _ in items)
+    per_channel = "; ".join(f"channel {c}: {n}, the first at sample {first}"
+                            for c, n, first in items)
+    return (f"{total} NaN/inf raw samples replaced by 0 before filtering ({per_channel}).")
 
 
 def drift_raster_figure(

@@ -203,9 +203,44 @@ def test_probe_map_marks_bad_channels_and_units(tmp_path):
     empty = report.probe_map_figure(positions, labels, np.zeros((0, 2)), unit_index=[],
                                     unit_amplitude=[])
     assert "no units" in texts(empty)
+    why = "No unit: no spike detected above threshold."
+    explained = report.probe_map_figure(positions, labels, np.zeros((0, 2)), unit_index=[],
+                                        unit_amplitude=[], no_units_note=why)
+    assert any("no spike detected" in t for t in texts(explained))
     with pytest.raises(ValueError, match=r"channel_labels must have shape \(5,\), got \(4,\)"):
         report.probe_map_figure(positions, labels[:4], np.zeros((0, 2)), unit_index=[],
                                 unit_amplitude=[])
+
+
+def test_no_units_reason_names_the_stage_that_left_nothing():
+    def why(**counts):
+        args = dict(n_detected=100, n_clusters=3, n_templates=2, n_units=0,
+                    cluster_dropped={})
+        args.update(counts)
+        return report.no_units_reason(**args)
+
+    assert why(n_units=2) == ""
+    assert why(n_detected=0, n_clusters=0, n_templates=0) == (
+        "No unit: no spike detected above threshold.")
+    assert "no cluster formed; all 100 detected spikes were triaged" in why(
+        n_clusters=0, n_templates=0)
+    dropped = {"too_small": [False, False, False], "too_spread": [True, True, False],
+               "min_snr": [True, False, True]}
+    assert why(n_templates=0, cluster_dropped=dropped) == (
+        "No unit: no cluster passed the template tests; 3 dropped for too_spread (2), "
+        "min_snr (2) (of 100 detected spikes).")
+    assert "all 2 templates were removed after deconvolution" in why()
+    with pytest.raises(ValueError, match=r"cluster_dropped\['min_snr'\] must have shape \(3,\)"):
+        why(n_templates=0, cluster_dropped={"min_snr": [True]})
+    with pytest.raises(ValueError, match="n_units must be an integer >= 0"):
+        why(n_units=-1)
+
+
+def test_nonfinite_note_sums_per_channel():
+    assert report.nonfinite_note({}) == ""
+    assert report.nonfinite_note({7: [2, 50], 5: [10, 1000]}) == (
+        "12 NaN/inf raw samples replaced by 0 before filtering (channel 5: 10, the first at "
+        "sample 1000; channel 7: 2, the first at sample 50).")
 
 
 def test_drift_raster_draws_an_even_subset():
