@@ -48,7 +48,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .io.geometry import check_positions, default_geometry, load_geometry
+from .io.geometry import (
+    check_positions,
+    default_geometry,
+    load_geometry,
+    separate_shanks,
+)
 from .io.nwb import nwb_fields
 from .io.openephys import openephys_fields
 from .io.raw import ORDERS, FormatFields, check_dtype, open_recording
@@ -130,6 +135,16 @@ class RecordingSpec:
         The ``.meta`` / ``structure.oebin`` the fields were read from.
     electrical_series : str or None
         NWB: the series read (``acquisition/<name>``).
+    shank_ids : tuple of int
+        Shank of each channel of a multi-shank probe whose geometry came from
+        the format (empty otherwise). ``positions_um`` then put the shanks
+        :data:`shardsort.io.geometry.SHANK_SEPARATION_UM` further apart than
+        on the probe, so that no neighbourhood (detection, features,
+        reference, whitening, clustering) spans two shanks.
+    sample_shifts : tuple of float
+        When each channel was sampled after the sample's tick, in sample
+        periods (Neuropixels ADC multiplexing, :mod:`shardsort.phase`);
+        empty when the format does not say.
     """
 
     name: str
@@ -149,6 +164,8 @@ class RecordingSpec:
     ground_truth: str | None = None
     metadata_path: str | None = None
     electrical_series: str | None = None
+    shank_ids: tuple[int, ...] = ()
+    sample_shifts: tuple[float, ...] = ()
 
     @property
     def positions_array(self) -> npt.NDArray[np.float64]:
@@ -415,6 +432,12 @@ def _resolve_row(
             )
     if positions is None:
         positions = default_geometry(n_channels)
+    shank_ids = () if fields is None or fields.shank_ids is None else fields.shank_ids
+    if geometry_source == fmt and len(shank_ids):
+        positions = separate_shanks(positions, shank_ids)
+    else:
+        shank_ids = ()
+    shifts = () if fields is None or fields.sample_shifts is None else fields.sample_shifts
 
     return RecordingSpec(
         name=name,
@@ -434,6 +457,8 @@ def _resolve_row(
         ground_truth=ground_truth,
         metadata_path=metadata_path,
         electrical_series=fields.stream if fields is not None and fmt == "nwb" else None,
+        shank_ids=tuple(int(i) for i in shank_ids),
+        sample_shifts=tuple(float(d) for d in shifts),
     )
 
 
@@ -628,6 +653,8 @@ def spec_from_dict(values: Mapping[str, Any]) -> RecordingSpec:
     fields = {f.name for f in dataclasses.fields(RecordingSpec)}
     kwargs = {k: v for k, v in values.items() if k in fields}
     kwargs["positions_um"] = tuple(tuple(float(c) for c in p) for p in kwargs["positions_um"])
+    kwargs["shank_ids"] = tuple(int(i) for i in kwargs.get("shank_ids", ()))
+    kwargs["sample_shifts"] = tuple(float(d) for d in kwargs.get("sample_shifts", ()))
     return RecordingSpec(**kwargs)
 
 

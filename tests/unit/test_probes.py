@@ -384,3 +384,42 @@ def test_openephys_without_settings_has_no_probe(tmp_path):
     (recording.parent.parent / "settings.xml").unlink()
     fields = openephys_fields(recording)
     assert (fields.positions_um, fields.shank_ids, fields.sample_shifts) == (None,) * 3
+
+
+# ------------------------------------------------------------- recordings table
+
+
+def test_four_shank_spec_separates_shanks_and_carries_shifts(tmp_path, monkeypatch):
+    from shardsort.io.geometry import SHANK_SEPARATION_UM
+    from shardsort.recordings import COLUMNS, load_recordings_table, spec_from_dict
+    from shardsort.workflow import Context
+
+    monkeypatch.chdir(tmp_path)
+    write_pair(Path("np2"), np2_four_shank_meta(10), 10)
+    write_pair(Path("np1"), np1_meta(10), 10)
+    rows = [
+        ["np2", "np2/run_g0_t0.imec0.ap.bin", "spikeglx"],
+        ["np1", "np1/run_g0_t0.imec0.ap.meta", "spikeglx"],
+    ]
+    Path("t.tsv").write_text(
+        "\t".join(COLUMNS)
+        + "\n"
+        + "".join("\t".join(r + [""] * (len(COLUMNS) - 3)) + "\n" for r in rows)
+    )
+    np2, np1 = load_recordings_table("t.tsv")
+    shank, electrode = np2_four_shank_layout()
+    assert np2.shank_ids == tuple(shank.tolist())
+    positions = np2.positions_array
+    # Shanks 250 um apart on the probe, SHANK_SEPARATION_UM more in the sort.
+    np.testing.assert_array_equal(
+        positions[:, 0] - positions[:, 0].min(),
+        (250.0 + SHANK_SEPARATION_UM) * shank + 32.0 * (electrode % 2),
+    )
+    between = np.abs(positions[:, None, 0] - positions[None, :, 0])
+    assert between[shank[:, None] != shank[None, :]].min() > SHANK_SEPARATION_UM
+    np.testing.assert_allclose(np2.sample_shifts, np2_expected_shifts(np.arange(N)))
+    assert np1.shank_ids == () and len(np1.sample_shifts) == N
+
+    # Rule params (plain types) rebuild the same spec.
+    context = Context(recordings={"np2": np2}, plans={})
+    assert spec_from_dict(context.spec_dict("np2")) == np2

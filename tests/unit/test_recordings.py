@@ -164,10 +164,14 @@ def test_spikeglx_and_openephys_rows_fill_empty_cells():
         sglx.gain_to_uv == pytest.approx(2.34375)
         and sglx.metadata_path == "sglx/r.imec0.ap.meta"
     )
+    # probeinterface's NP 1.0 geometry (electrodes 0 and 1, first row) and
+    # ADC slot 0 for both channels.
     assert sglx.geometry_source == "spikeglx" and sglx.positions_um == (
-        (11.0, 0.0),
-        (43.0, 0.0),
+        (16.0, 0.0),
+        (48.0, 0.0),
     )
+    assert (sglx.sample_shifts, sglx.shank_ids) == ((0.0, 0.0), ())
+    assert sglx_geom.sample_shifts == (0.0, 0.0)  # a geometry file keeps the shifts
     assert sglx_geom.geometry_source == "file" and sglx_geom.positions_um[1] == (
         0.0,
         50.0,

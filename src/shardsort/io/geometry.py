@@ -29,6 +29,9 @@ GEOMETRY_SUFFIXES = (".npy", ".txt", ".csv", ".tsv", ".json")
 DEFAULT_X_PITCH_UM = 32.0
 #: Default layout: vertical distance between rows (um).
 DEFAULT_Y_PITCH_UM = 20.0
+#: Distance (um) added between neighbouring shanks in the positions the sort
+#: uses: beyond every neighbourhood radius, so none spans two shanks.
+SHANK_SEPARATION_UM = 1000.0
 
 
 def default_geometry(n_channels: int) -> npt.NDArray[np.float64]:
@@ -52,6 +55,46 @@ def default_geometry(n_channels: int) -> npt.NDArray[np.float64]:
     return np.column_stack(
         [DEFAULT_X_PITCH_UM * (index % 2), DEFAULT_Y_PITCH_UM * (index // 2)]
     ).astype(np.float64)
+
+
+def separate_shanks(
+    positions_um: npt.ArrayLike,
+    shank_ids: npt.ArrayLike,
+    *,
+    separation_um: float = SHANK_SEPARATION_UM,
+) -> npt.NDArray[np.float64]:
+    """Move shanks apart: shank of rank ``k`` (by id) ``k * separation_um`` right.
+
+    Distances within a shank are unchanged; channels of different shanks end
+    up more than ``separation_um`` apart (the shanks' own pitch adds to it),
+    so the sort's radius-based neighbourhoods (detection, features, local
+    reference, whitening, bad channels) never mix shanks.
+
+    Parameters
+    ----------
+    positions_um : array_like, shape (n_channels, 2)
+    shank_ids : array_like, shape (n_channels,)
+        Any integer labels; ranked in increasing order.
+    separation_um : float
+        Extra distance between neighbouring shanks, > 0.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n_channels, 2)
+    """
+    positions = check_positions(positions_um)
+    ids = np.asarray(shank_ids)
+    if ids.shape != (positions.shape[0],):
+        raise ValueError(
+            f"shank_ids must hold one shank per channel, n_channels="
+            f"{positions.shape[0]}, got shape {ids.shape}"
+        )
+    if not separation_um > 0:
+        raise ValueError(f"separation_um must be > 0, got {separation_um!r}")
+    _, rank = np.unique(ids, return_inverse=True)
+    moved = positions.copy()
+    moved[:, 0] += rank * float(separation_um)
+    return moved
 
 
 def check_positions(
