@@ -398,8 +398,8 @@ def _run(command: list[str], *, capture: bool = False) -> subprocess.CompletedPr
     )
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Path, Path]:
-    meta = Metadata(
+def _metadata(args: argparse.Namespace) -> Metadata:
+    return Metadata(
         sampling_rate_hz=args.sampling_rate_hz,
         n_channels=args.n_channels,
         dtype=args.dtype,
@@ -410,34 +410,73 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, Path]:
         ground_truth=args.ground_truth,
         electrical_series=args.electrical_series,
     )
-    rows = describe_inputs(args.paths, meta, name=args.name)
-    out = Path(_absolute(args.out))
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {args.out!r}: exists and is not a folder")
-    table = write_table(rows, out)
-    return out, table
+
+
+def prepare(
+    paths: Sequence[str], meta: Metadata, out: str | os.PathLike, *, name: str | None = None
+) -> tuple[Path, Path]:
+    """Describe the inputs and write the output folder's table: (out, table)."""
+    rows = describe_inputs(paths, meta, name=name)
+    folder = Path(_absolute(os.fspath(out)))
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--out {os.fspath(out)!r}: exists and is not a folder")
+    return folder, write_table(rows, folder)
+
+
+def run_sort(
+    paths: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    meta: Metadata = Metadata(),
+    name: str | None = None,
+    cores: str | int | None = "all",
+    profile: str | None = None,
+    configfiles: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    log: str | os.PathLike | None = None,
+) -> tuple[int, Path]:
+    """Sort the inputs into ``out``: (Snakemake's exit status, results folder).
+
+    What ``shardsort sort`` does, for callers in Python (``log``: a file that
+    receives Snakemake's output instead of the terminal).
+    """
+    folder, table = prepare(paths, meta, out, name=name)
+    command = snakemake_command(
+        folder,
+        table,
+        cores=None if cores is None else str(cores),
+        profile=profile,
+        configfiles=configfiles,
+        extra=extra,
+    )
+    record = {"configfiles": [_absolute(f) for f in configfiles], "recordings": str(table)}
+    (folder / RUN_RECORD).write_text(yaml.safe_dump(record, sort_keys=False))
+    if log is None:
+        result = _run(command)
+    else:
+        with open(log, "w", encoding="utf-8") as stream:
+            result = subprocess.run(
+                command, env=_environment(), stdout=stream, stderr=subprocess.STDOUT,
+                check=False,
+            )
+    return result.returncode, folder / "results"
 
 
 def sort(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``shardsort sort``: build the table, run the workflow."""
-    out, table = _prepare(args)
-    command = snakemake_command(
-        out,
-        table,
+    status, results = run_sort(
+        args.paths,
+        args.out,
+        meta=_metadata(args),
+        name=args.name,
         cores=args.cores,
         profile=args.profile,
         configfiles=args.configfile,
         extra=extra,
     )
-    record = {
-        "configfiles": [_absolute(f) for f in args.configfile],
-        "recordings": str(table),
-    }
-    (out / RUN_RECORD).write_text(yaml.safe_dump(record, sort_keys=False))
-    result = _run(command)
-    if result.returncode == 0:
-        print(f"shardsort: results in {out / 'results'}", file=sys.stderr)
-    return result.returncode
+    if status == 0:
+        print(f"shardsort: results in {results}", file=sys.stderr)
+    return status
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -496,7 +535,7 @@ def plan_summary(root: Path, configfiles: Sequence[str], table: Path) -> list[st
 
 def check(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``shardsort check``: validate, print the plan and the jobs a sort would run."""
-    out, table = _prepare(args)
+    out, table = prepare(args.paths, _metadata(args), args.out, name=args.name)
     root = workflow_root()
     command = snakemake_command(
         out, table, cores="1", configfiles=args.configfile, extra=["-n", *extra]
