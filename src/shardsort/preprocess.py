@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .checks import check_positive as _check_positive
+from .compiled import sos_cascade
 
 #: Meaning of the labels returned by :func:`detect_bad_channels`.
 BAD_CHANNEL_LABELS = {0: "good", 1: "dead", 2: "noisy", 3: "out"}
@@ -34,9 +35,6 @@ REFERENCE_MODES = ("none", "global", "local")
 
 #: Median absolute deviation of a standard normal variable (= Phi^-1(3/4)).
 MAD_TO_SIGMA = 0.6744897501960817
-
-#: Samples per block of the block state-space filter (fastest on AVX2 BLAS).
-_FILTER_BLOCK_SAMPLES = 64
 
 #: Output channels per product in :func:`apply_preprocessing`'s whitening.
 _WHITENING_TILE_CHANNELS = 64
@@ -260,66 +258,6 @@ def filter_margin_samples(sos: npt.ArrayLike, *, rtol: float = 1e-7) -> int:
         n_response *= 2
 
 
-class _BlockOperators(NamedTuple):
-    """Matrices that run an SOS cascade over blocks of samples at once.
-
-    With state ``s`` (the ``zi`` of ``sosfilt``, flattened) before a block
-    ``u`` of ``L`` samples: ``y = transfer @ u + observe @ s`` and the state
-    after the block is ``step @ s + control @ u``.
-    """
-
-    transfer: np.ndarray  # (L, L) lower-triangular Toeplitz of the impulse response
-    observe: np.ndarray  # (L, n_states): row j is C A^j
-    control: np.ndarray  # (n_states, L): column j is A^(L-1-j) B
-    step: np.ndarray  # (n_states, n_states): A^L
-    unit_step_state: np.ndarray  # (n_states, 1): sosfilt_zi, steady state for input 1
-
-
-def _block_operators(sos: np.ndarray, block: int) -> _BlockOperators:
-    n_states = 2 * sos.shape[0]
-    # The cascade is linear in (state, input): one sosfilt step from each unit
-    # vector gives the state-space matrices in sosfilt's own state convention.
-    unit = np.eye(n_states + 1)
-    start = unit[:, :n_states].reshape(n_states + 1, -1, 2).transpose(1, 0, 2)
-    output, end = _sos_single_step(sos, unit[:, n_states], start)
-    end = end.transpose(1, 0, 2).reshape(n_states + 1, n_states)
-    a, b = end[:n_states].T, end[n_states]
-    c, d = output[:n_states, 0], output[n_states, 0]
-
-    powers = np.empty((block + 1, n_states, n_states))
-    powers[0] = np.eye(n_states)
-    for j in range(block):
-        powers[j + 1] = a @ powers[j]
-    observe = c @ powers[:block]
-    impulse = np.concatenate([[d], observe[:-1] @ b])
-    return _BlockOperators(
-        transfer=_lower_toeplitz(impulse).astype(np.float32),
-        observe=observe.astype(np.float32),
-        control=(powers[block - 1 :: -1] @ b).T.astype(np.float32),
-        step=powers[block].astype(np.float32),
-        unit_step_state=_sosfilt_zi(sos).reshape(-1, 1).astype(np.float32),
-    )
-
-
-def _sos_single_step(
-    sos: np.ndarray, u: np.ndarray, zi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One sample of ``scipy.signal.sosfilt`` for a batch of inputs and states.
-
-    ``u`` has shape (batch,), ``zi`` (n_sections, batch, 2) in sosfilt's
-    (transposed direct form II) convention. Returns the outputs, shape
-    (batch, 1), and the states after the sample, shaped like ``zi``.
-    """
-    x = np.asarray(u, dtype=np.float64)
-    end = np.empty_like(zi, dtype=np.float64)
-    for k, (b0, b1, b2, a0, a1, a2) in enumerate(sos / sos[:, 3:4]):
-        y = b0 * x + zi[k, :, 0]
-        end[k, :, 0] = b1 * x - a1 * y + zi[k, :, 1]
-        end[k, :, 1] = b2 * x - a2 * y
-        x = y
-    return x[:, None], end
-
-
 def _sosfilt_zi(sos: np.ndarray) -> np.ndarray:
     """Steady-state initial state of an SOS cascade for a unit step input.
 
@@ -335,62 +273,6 @@ def _sosfilt_zi(sos: np.ndarray) -> np.ndarray:
         zi[k] = scale * np.linalg.solve(system, b[1:] - a[1:] * b[0])
         scale *= b.sum() / a.sum()
     return zi
-
-
-def _lower_toeplitz(column: np.ndarray) -> np.ndarray:
-    """Lower-triangular Toeplitz matrix whose first column is ``column``."""
-    n = column.size
-    lag = np.arange(n)[:, None] - np.arange(n)[None, :]
-    return np.where(lag >= 0, column[np.clip(lag, 0, None)], 0.0)
-
-
-def _run_cascade(
-    x: np.ndarray, state: np.ndarray, ops: _BlockOperators, *, reverse: bool
-) -> np.ndarray:
-    """Filter float32 ``x`` (n, n_ch) along axis 0 from ``state`` (n_states, n_ch).
-
-    ``reverse=True`` runs from the last sample to the first (the backward
-    pass of filtfilt) without reversing the data: reversing a block turns
-    ``transfer`` into its transpose and flips ``observe`` and ``control``.
-    """
-    n_samples, n_channels = x.shape
-    block = ops.transfer.shape[0]
-    n_blocks, n_rest = divmod(n_samples, block)
-    y = np.empty_like(x)
-    if reverse:
-        full = slice(n_rest, n_samples)
-        rest = slice(0, n_rest)
-        transfer, observe, control = (
-            ops.transfer.T,
-            ops.observe[::-1],
-            ops.control[:, ::-1],
-        )
-        rest_transfer, rest_observe = (
-            ops.transfer[:n_rest, :n_rest].T,
-            ops.observe[:n_rest][::-1],
-        )
-        order = range(n_blocks - 1, -1, -1)
-    else:
-        full = slice(0, n_blocks * block)
-        rest = slice(n_blocks * block, n_samples)
-        transfer, observe, control = ops.transfer, ops.observe, ops.control
-        rest_transfer, rest_observe = (
-            ops.transfer[:n_rest, :n_rest],
-            ops.observe[:n_rest],
-        )
-        order = range(n_blocks)
-
-    blocks = x[full].reshape(n_blocks, block, n_channels)
-    drive = control @ blocks
-    states = np.empty_like(drive)
-    for k in order:
-        states[k] = state
-        state = ops.step @ state + drive[k]
-    y_blocks = y[full].reshape(n_blocks, block, n_channels)
-    np.matmul(transfer, blocks, out=y_blocks)
-    y_blocks += observe @ states
-    y[rest] = rest_transfer @ x[rest] + rest_observe @ state
-    return y
 
 
 class NonFinite(NamedTuple):
@@ -497,10 +379,13 @@ def bandpass_filter(
 
     Notes
     -----
-    Computes in float32 with a block state-space form of the cascade (one
-    BLAS product per block of samples, vectorised over channels), 1.5 to 2
-    times faster than ``scipy.signal.sosfiltfilt``; peak memory is about
-    four float32 copies of the window. The forward pass filters the
+    Stores float32 and computes in float64 with a compiled loop over
+    samples whose inner loop runs over contiguous channels
+    (:func:`shardsort.compiled.sos_cascade`), both passes in place: several
+    hundred MB/s of int16 input per core, several times faster than
+    ``scipy.signal.sosfiltfilt`` (``benchmarks/results/kernels.csv``); peak
+    memory is one float32 copy of the window besides the window itself.
+    The forward pass filters the
     first difference of the signal through the filter with one zero at
     z = 1 taken out: the same output in exact arithmetic, but neither DC
     offsets nor large low-frequency (LFP) swings cost float32 precision.
@@ -541,22 +426,16 @@ def bandpass_filter(
         difference[1:start] = difference[start : start + pad_start][::-1]
     if pad_end:
         difference[stop:] = difference[stop - pad_end : stop][::-1]
-    n_states = 2 * sos.shape[0]
-    forward_ops = _block_operators(after_differencer, _FILTER_BLOCK_SAMPLES)
-    forward = _run_cascade(
-        difference,
-        np.zeros((n_states, n_channels), np.float32),
-        forward_ops,
-        reverse=False,
-    )
+    # Both passes run in place: ``difference`` becomes the forward output,
+    # then (from the core start on) the backward output.
+    state = np.zeros((sos.shape[0], 2, n_channels))
+    sos_cascade(difference, after_differencer, state, False, difference)
     # Backward pass, from scipy's initial state at the window end, only as
     # far back as the core start.
-    backward_ops = _block_operators(sos, _FILTER_BLOCK_SAMPLES)
-    tail = forward[pad_start + core_start :]
-    backward = _run_cascade(
-        tail, backward_ops.unit_step_state * tail[-1], backward_ops, reverse=True
-    )
-    return backward[: core_stop - core_start]
+    tail = difference[pad_start + core_start :]
+    state = _sosfilt_zi(sos)[:, :, None] * tail[-1].astype(np.float64)
+    sos_cascade(tail, sos, state, True, tail)
+    return tail[: core_stop - core_start]
 
 
 def _remove_dc_zero(sos: np.ndarray) -> np.ndarray:

@@ -725,17 +725,13 @@ def test_apply_preprocessing_errors(kwargs: dict, message: str) -> None:
         apply_preprocessing(np.zeros((10, 4)), **{**arguments, **kwargs})
 
 
-def test_design_time_helpers_equal_scipy():
-    """The numpy sosfilt step, sosfilt_zi and Toeplitz used by the filter jobs
-    (which do not import scipy.signal) equal scipy's."""
-    from scipy import linalg, signal
+def test_filter_helpers_equal_scipy():
+    """sosfilt_zi and the compiled cascade used by the filter jobs (which do
+    not import scipy.signal) equal scipy's, forward, backward and in place."""
+    from scipy import signal
 
-    from shardsort.preprocess import (
-        _lower_toeplitz,
-        _sos_single_step,
-        _sosfilt_zi,
-        design_bandpass,
-    )
+    from shardsort.compiled import sos_cascade
+    from shardsort.preprocess import _sosfilt_zi, design_bandpass
 
     rng = np.random.default_rng(0)
     for order in (1, 2, 3, 5):
@@ -743,14 +739,18 @@ def test_design_time_helpers_equal_scipy():
             sampling_rate_hz=30000.0, freq_min_hz=300.0, freq_max_hz=6000.0, order=order
         )
         np.testing.assert_allclose(_sosfilt_zi(sos), signal.sosfilt_zi(sos), rtol=1e-10)
-        u = rng.normal(size=7)
-        zi = rng.normal(size=(sos.shape[0], 7, 2))
-        y, z = signal.sosfilt(sos, u[:, None], axis=-1, zi=zi)
-        y2, z2 = _sos_single_step(sos, u, zi)
-        np.testing.assert_allclose(y2, y, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(z2, z, rtol=1e-10, atol=1e-12)
-    column = rng.normal(size=9)
-    np.testing.assert_array_equal(_lower_toeplitz(column), linalg.toeplitz(column, np.zeros(9)))
+        # 300 rows: more than one block of rows, a partial last block.
+        x = rng.normal(size=(300, 7)).astype(np.float32)
+        zi = rng.normal(size=(sos.shape[0], 2, 7))
+        for reverse in (False, True):
+            source = x[::-1] if reverse else x
+            y, z = signal.sosfilt(sos, source.astype(np.float64), axis=0, zi=zi)
+            out, state = x.copy(), zi.copy()
+            sos_cascade(out, sos, state, reverse, out)
+            np.testing.assert_allclose(
+                out[::-1] if reverse else out, y, rtol=1e-5, atol=1e-5
+            )
+            np.testing.assert_allclose(state, z, rtol=1e-9, atol=1e-9)
 
 
 def test_zero_nonfinite_zeroes_the_window_and_counts_the_core() -> None:
