@@ -8,6 +8,7 @@ from shardsort.workflow import (
     DEMO_PATH,
     load_context,
     nn_model_dir,
+    phase_shifts,
 )
 from shardsort.preprocess import design_bandpass
 
@@ -73,6 +74,11 @@ def get_raw(wildcards):
 
 def get_recording(wildcards):
     return CTX.spec_dict(wildcards.recording)
+
+
+def get_sample_shifts(wildcards):
+    """Per-channel sample shifts the filter corrects, or None (preprocess.phase_shift)."""
+    return phase_shifts(RECORDINGS[wildcards.recording], config)
 
 
 def get_plan(wildcards):

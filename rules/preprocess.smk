@@ -15,6 +15,7 @@ rule filter:
         margin_samples=get_margin("filter"),
         band=get_band,
         sos=get_sos,
+        sample_shifts=get_sample_shifts,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

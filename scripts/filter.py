@@ -1,10 +1,13 @@
-"""filter[c,t]: zero-phase band-pass of one channel shard x one time chunk."""
+"""filter[c,t]: zero-phase band-pass of one channel shard x one time chunk,
+then (Neuropixels, preprocess.phase_shift) each channel resampled at the
+sample's tick (shardsort.phase)."""
 
 import numpy as np
 
 from shardsort.io.arrays import write_array
 from shardsort.jobs import job_logger
-from shardsort.preprocess import bandpass_filter, zero_nonfinite
+from shardsort.phase import bandpass_and_align
+from shardsort.preprocess import zero_nonfinite
 from shardsort.recordings import open_spec
 
 log = job_logger(snakemake)
@@ -16,6 +19,10 @@ lo = max(0, chunk["start"] - margin)
 hi = min(rec.n_samples, chunk["stop"] + margin)
 # Designed at DAG-build time from the `band` param (rules/common.smk: get_sos).
 sos = np.asarray(snakemake.params.sos, dtype=np.float64)
+# Per-channel sample shifts, or None: no phase-shift correction (the margin
+# then holds no room for it; rules/common.smk: get_sample_shifts).
+shifts = snakemake.params.sample_shifts
+shifts = None if shifts is None else np.asarray(shifts, dtype=np.float64)
 # Channel blocks keep the peak at the output plus a few copies of one block
 # (the filter's temporaries are ~4 float32 copies of its input).
 block_channels = 32
@@ -30,9 +37,10 @@ for first in range(shard["channel_start"], shard["channel_stop"], block_channels
     )
     for i in np.flatnonzero(found.counts):
         nonfinite[int(channels[i])] = [int(found.counts[i]), chunk["start"] + int(found.first[i])]
-    filtered[:, channels - shard["channel_start"]] = bandpass_filter(
+    filtered[:, channels - shard["channel_start"]] = bandpass_and_align(
         window,
         sos=sos,
+        sample_shifts=None if shifts is None else shifts[channels],
         core_start=chunk["start"] - lo,
         core_stop=chunk["stop"] - lo,
         at_recording_start=lo == 0,
@@ -51,7 +59,8 @@ for channel, (count, at) in nonfinite.items():
     log.warning("channel %d: %d NaN/inf raw samples replaced by 0 before filtering, the first at "
                 "sample %d", channel, count, at)
 log.info(
-    "chunk %d [%d, %d) channels [%d, %d): read [%d, %d), margin %d",
+    "chunk %d [%d, %d) channels [%d, %d): read [%d, %d), margin %d, phase shift %s",
     chunk["index"], chunk["start"], chunk["stop"],
     shard["channel_start"], shard["channel_stop"], lo, hi, margin,
+    "off" if shifts is None else f"on ({len(np.unique(shifts))} ADC slots)",
 )

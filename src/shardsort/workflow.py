@@ -184,6 +184,26 @@ def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
         check_nn_model_fits(spec, config)
 
 
+def phase_shifts(spec: RecordingSpec, config: dict) -> list[float] | None:
+    """Per-channel sample shifts the filter jobs correct, or None (no correction).
+
+    ``preprocess.phase_shift``: ``auto`` corrects when the recording's
+    metadata gives shifts that are not all zero (Neuropixels via
+    probeinterface), ``true`` requires them, ``false`` never corrects.
+    """
+    setting = config["preprocess"]["phase_shift"]
+    shifts = list(spec.sample_shifts)
+    known = bool(shifts) and any(s != 0 for s in shifts)
+    if setting is True and not known:
+        raise ConfigError(
+            f"preprocess.phase_shift (true) needs per-channel sample shifts, but "
+            f"recording {spec.name!r} (format {spec.format!r}) carries none: only "
+            "Neuropixels SpikeGLX / Open Ephys recordings whose probe probeinterface "
+            "knows do; use auto or false"
+        )
+    return shifts if setting is not False and known else None
+
+
 def check_nn_model_fits(spec: RecordingSpec, config: dict) -> None:
     """A fixed model (``detect.nn_model`` not ``trained``) must fit the recording.
 
@@ -308,6 +328,16 @@ def demo_n_samples(config: dict) -> int:
     return int(round(demo["duration_s"] * demo["sampling_rate_hz"]))
 
 
+def _recording_margins(spec: RecordingSpec, config: dict) -> dict[str, int]:
+    """Stage margins; the filter's widened by the phase-shift filter when it runs."""
+    margins = stage_margins(config, spec.sampling_rate_hz)
+    if phase_shifts(spec, config) is not None:
+        from .phase import PHASE_HALF_WIDTH
+
+        margins["filter"] += PHASE_HALF_WIDTH
+    return margins
+
+
 def load_context(config: dict) -> Context:
     """Validate the configuration, read the recordings table, plan every recording."""
     check_config(config)
@@ -337,6 +367,6 @@ def load_context(config: dict) -> Context:
             max_memory_mb=shards["max_memory_mb"],
             channels_per_shard=shards["channels_per_shard"],
             channels_per_group=shards["channels_per_group"],
-            margins=stage_margins(config, spec.sampling_rate_hz),
+            margins=_recording_margins(spec, config),
         )
     return Context(recordings=recordings, plans=plans)

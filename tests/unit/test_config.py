@@ -50,6 +50,7 @@ def test_unknown_top_level_key_is_an_error(config):
         ("motion", "border", "wrap"),
         ("motion", "time_bin_s", 0.0),
         ("motion", "enabled", "yes"),
+        ("preprocess", "phase_shift", "yes"),
     ],
 )
 def test_out_of_range_values_are_errors(config, section, key, value):

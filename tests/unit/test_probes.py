@@ -423,3 +423,46 @@ def test_four_shank_spec_separates_shanks_and_carries_shifts(tmp_path, monkeypat
     # Rule params (plain types) rebuild the same spec.
     context = Context(recordings={"np2": np2}, plans={})
     assert spec_from_dict(context.spec_dict("np2")) == np2
+
+
+# ------------------------------------------------------ preprocess.phase_shift
+
+
+def test_phase_shift_setting_decides_shifts_and_filter_margin(tmp_path, monkeypatch):
+    import yaml
+
+    from shardsort.phase import PHASE_HALF_WIDTH
+    from shardsort.recordings import COLUMNS
+    from shardsort.workflow import ConfigError, load_context, phase_shifts
+
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    assert config["preprocess"]["phase_shift"] == "auto"
+    write_pair(Path("np1"), np1_meta(30000), 30000)
+    Path("plain.bin").write_bytes(np.zeros((30000, 4), np.int16).tobytes())
+    rows = [
+        ["np1", "np1/run_g0_t0.imec0.ap.bin", "spikeglx"] + [""] * 7,
+        ["plain", "plain.bin", "binary", "30000", "4", "int16"] + [""] * 4,
+    ]
+    Path("t.tsv").write_text(
+        "\t".join(COLUMNS) + "\n" + "".join("\t".join(r) + "\n" for r in rows)
+    )
+    config["recordings"] = "t.tsv"
+    context = load_context(config)
+    np1, plain = context.recordings["np1"], context.recordings["plain"]
+    assert phase_shifts(np1, config) == list(np1_expected_shifts(np.arange(N)))
+    assert phase_shifts(plain, config) is None
+    base = context.plans["plain"].margins["filter"]
+    assert context.plans["np1"].margins["filter"] == base + PHASE_HALF_WIDTH
+
+    config["preprocess"]["phase_shift"] = False
+    assert phase_shifts(np1, config) is None
+    assert load_context(config).plans["np1"].margins["filter"] == base
+
+    config["preprocess"]["phase_shift"] = True
+    assert phase_shifts(np1, config) is not None
+    with pytest.raises(
+        ConfigError, match=r"phase_shift \(true\).*recording 'plain' \(format 'binary'\)"
+    ):
+        load_context(config)
