@@ -5,6 +5,7 @@ import numpy as np
 from shardsort.detect import (
     detect_peaks,
     extract_snippets,
+    fallback_temporal_basis,
     fit_temporal_pca,
     nearest_neighbours,
     neighbour_mask,
@@ -51,14 +52,19 @@ n_max = det["pca_max_spikes"]
 if len(waveforms) > n_max:
     keep = np.linspace(0, len(waveforms) - 1, n_max).round().astype(int)
     waveforms = waveforms[keep]
-log.info("fitting temporal PCA on %d waveforms", len(waveforms))
-if len(waveforms) < det["n_pcs"] + 1:
-    raise ValueError(
-        f"only {len(waveforms)} spikes crossed detect.threshold={det['threshold']} in the "
-        f"sampled chunks of recording {spec['name']!r}; expected at least {det['n_pcs'] + 1} "
-        "to fit the temporal PCA (is the threshold too high or the recording silent?)"
+fallback = len(waveforms) < det["n_pcs"] + 1
+if fallback:
+    # A silent (or very short) recording is a result, not an error: a fixed
+    # basis lets detection run and the sort end (most likely empty).
+    log.warning(
+        "only %d spikes crossed detect.threshold=%s in the sampled chunks of recording %r "
+        "(at least %d fit the temporal PCA): fixed cosine basis instead",
+        len(waveforms), det["threshold"], spec["name"], det["n_pcs"] + 1,
     )
-basis = fit_temporal_pca(waveforms, n_components=det["n_pcs"], seed=snakemake.params.seed)
+    basis = fallback_temporal_basis(pre + post, n_components=det["n_pcs"])
+else:
+    log.info("fitting temporal PCA on %d waveforms", len(waveforms))
+    basis = fit_temporal_pca(waveforms, n_components=det["n_pcs"], seed=snakemake.params.seed)
 write_h5(
     snakemake.output.basis,
     {
@@ -68,5 +74,5 @@ write_h5(
         "neighbour_mask": mask,
     },
     {"pre_samples": pre, "post_samples": post, "exclude_samples": exclude,
-     "n_waveforms": len(waveforms)},
+     "n_waveforms": len(waveforms), "fallback_basis": fallback},
 )

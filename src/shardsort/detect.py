@@ -514,6 +514,31 @@ def fit_temporal_pca(
     )
 
 
+def fallback_temporal_basis(n_times: int, *, n_components: int) -> TemporalBasis:
+    """A data-free temporal basis: the first ``n_components`` DCT-II cosines.
+
+    For a recording whose sampled chunks hold too few spikes to fit
+    :func:`fit_temporal_pca` (a silent or very short recording): the sort
+    then goes on and ends empty, or clusters its few spikes on smooth
+    features, instead of failing.
+
+    Returns
+    -------
+    TemporalBasis
+        Orthonormal components (n_components, n_times), zero mean, float32.
+    """
+    n_times = _check_int("n_times", n_times, 1)
+    n_components = _check_int("n_components", n_components, 1)
+    if n_components > n_times:
+        raise ValueError(f"n_components must be <= n_times={n_times}, got {n_components}")
+    k = np.arange(n_components)[:, None]
+    t = np.arange(n_times)[None, :]
+    components = np.cos(np.pi * k * (t + 0.5) / n_times)
+    components /= np.linalg.norm(components, axis=1, keepdims=True)
+    return TemporalBasis(components=components.astype(np.float32),
+                         mean=np.zeros(n_times, np.float32))
+
+
 def project_temporal(
     snippets: npt.NDArray[np.float32], basis: TemporalBasis
 ) -> npt.NDArray[np.float32]:

@@ -170,6 +170,16 @@ def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
             f"({nyquist} Hz) of recording {spec.name!r} "
             f"(sampling_rate_hz={spec.sampling_rate_hz})"
         )
+    minimum = min_recording_samples(config, spec.sampling_rate_hz)
+    if spec.n_samples < minimum:
+        rate = spec.sampling_rate_hz
+        raise ConfigError(
+            f"recording {spec.name!r} ({spec.path}) lasts {1e3 * spec.n_samples / rate:g} ms "
+            f"({spec.n_samples} samples at {rate:g} Hz); expected at least "
+            f"{1e3 * minimum / rate:g} ms ({minimum} samples): one waveform window "
+            "(detect.ms_before + detect.ms_after) plus a sample, and more than the band-pass "
+            "filter's edge padding"
+        )
     motion = config["motion"]
     if motion["enabled"]:
         depths = spec.positions_array[:, 1]
@@ -238,6 +248,29 @@ def check_nn_model_fits(spec: RecordingSpec, config: dict) -> None:
                 f"detect.nn_model ({config['detect']['nn_model']!r}) does not fit "
                 f"recording {spec.name!r}: {error}"
             ) from None
+
+
+def min_recording_samples(config: dict, sampling_rate_hz: float) -> int:
+    """Shortest recording (samples) every stage can work on.
+
+    The band-pass filter needs more samples than its odd-extension padding
+    (as ``scipy.signal.sosfiltfilt``); the templates' noise model draws at
+    least two distinct waveform windows, and deconvolution matches templates
+    of one window. Detection and the temporal PCA need no minimum: a
+    recording too short to hold a spike sorts to an empty result. With the
+    defaults at 30 kHz: 76 samples (2.5 ms).
+    """
+    from .preprocess import _scipy_padlen, design_bandpass
+
+    pre = config["preprocess"]
+    sos = design_bandpass(
+        sampling_rate_hz=sampling_rate_hz,
+        freq_min_hz=pre["freq_min_hz"],
+        freq_max_hz=pre["freq_max_hz"],
+        order=pre["filter_order"],
+    )
+    before, after = waveform_samples(config, sampling_rate_hz)
+    return max(_scipy_padlen(sos), before + after) + 1
 
 
 def waveform_samples(config: dict, sampling_rate_hz: float) -> tuple[int, int]:

@@ -228,3 +228,23 @@ def test_trained_networks_set_the_detection_margin(config):
     assert stage_margins(config, 30000.0)["detect_nn"] == 45 + 9 + 2
     config["detect"]["method"] = "threshold"
     assert "detect_nn" not in stage_margins(config, 30000.0)
+
+
+@pytest.mark.parametrize("n_samples, refused", [(75, True), (76, False)])
+def test_recording_shorter_than_a_waveform_window_is_refused(config, tmp_path, n_samples,
+                                                             refused):
+    data = tmp_path / "tiny.bin"
+    data.write_bytes(b"\0" * 2 * 4 * n_samples)
+    table = tmp_path / "recs.tsv"
+    table.write_text(
+        "name\tpath\tformat\tsampling_rate_hz\tn_channels\tdtype\torder\tgain_to_uv\t"
+        f"offset_bytes\tgeometry\ntiny\t{data}\tbinary\t30000\t4\tint16\tsamples\t1\t0\t\n"
+    )
+    config["recordings"] = str(table)
+    if not refused:
+        load_context(config)
+        return
+    message = (rf"recording 'tiny' \({data}\) lasts 2\.5 ms \(75 samples at 30000 Hz\); "
+               r"expected at least 2\.53333 ms \(76 samples\)")
+    with pytest.raises(ConfigError, match=message):
+        load_context(config)

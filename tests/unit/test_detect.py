@@ -13,6 +13,7 @@ from shardsort.detect import (
     detect_margin_samples,
     detect_peaks,
     extract_snippets,
+    fallback_temporal_basis,
     fit_temporal_pca,
     localize_spikes,
     nearest_neighbours,
@@ -627,3 +628,13 @@ def test_detect_chunk_fills_positions_and_features():
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_fallback_basis_is_orthonormal_and_projects_an_empty_spike_set():
+    basis = fallback_temporal_basis(75, n_components=3)
+    assert basis.components.shape == (3, 75) and basis.components.dtype == np.float32
+    np.testing.assert_allclose(basis.components @ basis.components.T, np.eye(3), atol=1e-6)
+    assert not basis.mean.any()
+    assert project_temporal(np.zeros((0, 75, 4), np.float32), basis).shape[0] == 0
+    with pytest.raises(ValueError, match="n_components must be <= n_times=2, got 3"):
+        fallback_temporal_basis(2, n_components=3)
