@@ -13,6 +13,8 @@ Sections (run in this order; ``--only`` picks some):
 ``nn``          network detection (detect.method: nn) against threshold
                 detection: detection precision/recall and sort accuracy on the
                 demo and a noisier variant (``--quick``: 32 channels, 20 s)
+``phase_shift`` Neuropixels inter-sample shift: common-mode noise left after the
+                median reference with and without the correction (~20 s)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -47,6 +49,7 @@ from pathlib import Path  # noqa: E402
 
 import bench_detection  # noqa: E402
 import bench_nn  # noqa: E402
+import bench_phase_shift  # noqa: E402
 import bench_plan  # noqa: E402
 import bench_preprocess  # noqa: E402
 import bench_scale  # noqa: E402
@@ -54,7 +57,7 @@ import bench_sort  # noqa: E402
 from benchlib import Context, Table, load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("preprocess", "sort", "detection", "scale", "plan", "nn")
+SECTIONS = ("preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift")
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
     "detection": "2. Detection against ground truth (issue 4)",
@@ -62,8 +65,9 @@ TITLES = {
     "scale": "4. Scale (issue 7)",
     "plan": "4b. Planning large recordings (issue 7)",
     "nn": "5. Network detection versus threshold (issue 8)",
+    "phase_shift": "6. Neuropixels inter-sample shift (issue 18)",
 }
-SUMMARY_ORDER = ("preprocess", "detection", "sort", "scale", "plan", "nn")
+SUMMARY_ORDER = ("preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift")
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
 
@@ -237,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_plan.run(ctx)
             elif name == "nn":
                 tables = bench_nn.run(ctx)
+            elif name == "phase_shift":
+                tables = bench_phase_shift.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)
