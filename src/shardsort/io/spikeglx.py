@@ -319,7 +319,7 @@ def _geom_map(meta: dict[str, str], n_channels: int, meta_path: str) -> ProbeInf
 
 
 def probe_info(
-    meta: dict[str, str], meta_path: str, counts: list[int], *, with_shifts: bool = True
+    meta: dict[str, str], meta_path: str, counts: list[int]
 ) -> ProbeInfo | None:
     """Geometry, shanks and sample shifts of an imec stream's neural channels.
 
@@ -358,13 +358,10 @@ def probe_info(
             "~snsGeomMap; expected a Neuropixels probe probeinterface knows, or give "
             "the channel positions in the recordings table's geometry column"
         )
-    shifts = (
-        sample_shifts_from_probe(probe, lf_stream=counts[0] == 0) if with_shifts else None
-    )
     return ProbeInfo(
         np.asarray(probe.contact_positions, dtype=np.float64)[:, :2],
         shank_ids_from_probe(probe),
-        shifts,
+        sample_shifts_from_probe(probe, lf_stream=counts[0] == 0),
         "probeinterface",
     )
 
