@@ -132,6 +132,8 @@ rule merge_units:
         recording=get_recording,
         plan=get_plan,
         deconvolve=config["deconvolve"],
+        merge=config["merge"],
+        max_shift_ms=config["templates"]["merge_max_shift_ms"],
         code=CODE_VERSION,
     log:
         "results/{recording}/logs/merge_units.log",

@@ -11,6 +11,7 @@ from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
 from shardsort.tables import merge_event_tables
 from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
+from shardsort.unitmerge import merge_units
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
@@ -25,10 +26,51 @@ spikes, kept = merge_event_tables([p["spikes"] for p in parts], keys=("sample_in
 pc_features = np.concatenate([p["pc_features"] for p in parts], axis=0)[kept]
 spike_positions = np.concatenate([p["positions_um"] for p in parts], axis=0)[kept]
 
+# Pieces of one neuron (cut by drift or amplitude in clustering) are joined
+# on their spike trains before the curation judges each unit.
+templates = tpl["templates"]
+rate_hz = float(spec["sampling_rate_hz"])
+merge_cfg = snakemake.params.merge
+if merge_cfg["enabled"] and len(templates) > 1:
+    merged = merge_units(
+        spikes["sample_index"],
+        spikes["unit_index"],
+        templates,
+        positions,
+        n_samples=int(spec["n_samples"]),
+        bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
+        max_shift_samples=ms_to_samples(snakemake.params.max_shift_ms, rate_hz),
+        radius_um=merge_cfg["radius_um"],
+        min_cosine=merge_cfg["min_cosine"],
+        max_amplitude_ratio=merge_cfg["max_amplitude_ratio"],
+        min_lag_samples=ms_to_samples(merge_cfg["refractory_ms"][0], rate_hz),
+        max_lag_samples=ms_to_samples(merge_cfg["refractory_ms"][1], rate_hz),
+        max_overlap_ratio=merge_cfg["max_overlap_ratio"],
+        max_complementarity_z=merge_cfg["max_complementarity_z"],
+        min_expected=merge_cfg["min_expected"],
+        max_violation_fraction=merge_cfg["max_violation_fraction"],
+        distinct_min_violations=merge_cfg["distinct_min_violations"],
+        distinct_violation_fraction=merge_cfg["distinct_violation_fraction"],
+    )
+    for d in merged.decisions:
+        log.info(
+            "unit %d merged into unit %d (%s): cosine %.3f, lag %d, overlap %.2f x chance "
+            "(z %.1f), refractory violations %d (expected %.1f)",
+            d.absorbed, d.kept, d.reason, d.cosine, d.lag_samples, d.overlap_ratio,
+            d.complementarity_z, d.observed, d.expected,
+        )
+    spikes["sample_index"] = np.clip(
+        spikes["sample_index"] + merged.shifts[spikes["unit_index"]], 0, int(spec["n_samples"]) - 1
+    )
+    spikes["unit_index"] = merged.mapping[spikes["unit_index"]]
+    order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
+    spikes, pc_features, spike_positions = spikes[order], pc_features[order], spike_positions[order]
+    templates = merged.templates
+    log.info("%d merges: %d units -> %d", len(merged.decisions), len(tpl["templates"]), len(templates))
+
 # Units with too few spikes, too low a rate or a median amplitude far below 1
 # (noise templates) are removed; the survivors are renumbered 0..K-1 in the
 # order of their templates.
-templates = tpl["templates"]
 n_units_in = len(templates)
 dec = snakemake.params.deconvolve
 selection = select_units(

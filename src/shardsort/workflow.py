@@ -59,6 +59,12 @@ def check_config(config: dict) -> None:
             f"templates.merge_refractory_ms ({lags}) must be [shortest, longest] lag "
             "with shortest <= longest"
         )
+    lags = config["merge"]["refractory_ms"]
+    if lags[0] > lags[1]:
+        raise ConfigError(
+            f"merge.refractory_ms ({lags}) must be [shortest, longest] lag "
+            "with shortest <= longest"
+        )
     if dec["threshold_min"] > dec["threshold"]:
         raise ConfigError(
             f"deconvolve.threshold_min ({dec['threshold_min']}) must not exceed "
