@@ -18,6 +18,12 @@ if spec["order"] != "samples":
         "recording %s is stored channel-major; phy reads sample-major files only, "
         "so phy will show no raw waveforms", spec["name"],
     )
+if len(s["spikes"]) == 0:
+    log.warning(
+        "recording %s has no spikes: the phy folder is empty (SpikeInterface's read_phy and "
+        "read_kilosort open it with zero units; phy/phylib cannot open a folder without spikes)",
+        spec["name"],
+    )
 folder = os.path.dirname(snakemake.output.params)
 write_phy_folder(
     folder,
