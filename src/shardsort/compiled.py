@@ -109,3 +109,85 @@ def sos_cascade(
             t = n_samples - 1 - first - i if reverse else first + i
             for j in range(n_channels):
                 out[t, j] = block[i, j]
+
+
+# ---------------------------------------------------------------------------
+# deconvolution (matching pursuit)
+# ---------------------------------------------------------------------------
+
+
+@jit
+def subtract_spikes(
+    objective: np.ndarray,
+    cross: np.ndarray,
+    overlap_start: np.ndarray,
+    overlap_units: np.ndarray,
+    rows: np.ndarray,
+    units: np.ndarray,
+    choice: np.ndarray,
+    scale: np.ndarray,
+    half: int,
+    stride: int,
+) -> None:
+    """``objective[rows[i] - half + lag, k] -= scale[i] * cross[units[i], choice[i], lag, k]``.
+
+    Only for the units ``k`` whose cross-correlation with ``units[i]`` is not
+    zero: ``overlap_units[overlap_start[j] : overlap_start[j + 1]]`` (the
+    others would subtract exact zeros). Spikes are applied in the order of
+    :meth:`shardsort.deconvolve._Pursuit.subtract`'s interleaved groups
+    (``parity, parity + stride, ...`` for each parity), with the same float32
+    operations, so the objective is bit for bit the one NumPy computes.
+    """
+    n_spikes = rows.shape[0]
+    n_lags = cross.shape[2]
+    for parity in range(stride):
+        for i in range(parity, n_spikes, stride):
+            unit = units[i]
+            offset = choice[i]
+            factor = scale[i]
+            first = rows[i] - half
+            start = overlap_start[unit]
+            stop = overlap_start[unit + 1]
+            for lag in range(n_lags):
+                row = first + lag
+                for index in range(start, stop):
+                    other = overlap_units[index]
+                    objective[row, other] -= factor * cross[unit, offset, lag, other]
+
+
+@jit
+def best_units(
+    objective: np.ndarray,
+    rows: np.ndarray,
+    norms: np.ndarray,
+    inverse_norms: np.ndarray,
+    amplitude_min: np.float32,
+    amplitude_max: np.float32,
+    floor: np.ndarray,
+    locked: np.ndarray,
+    best: np.ndarray,
+    winner: np.ndarray,
+) -> None:
+    """Largest explained energy over units, and its unit, on ``rows``.
+
+    For each row ``i`` and unit ``k``, with ``c = objective[i, k]`` and
+    ``a = clip(c / ||What_k||^2, amplitude_min, amplitude_max)``, the energy
+    ``a (2 c - a ||What_k||^2)`` is a candidate where it reaches ``floor[k]``
+    and ``locked[i, k]`` is false. ``best[i]`` gets the largest candidate
+    (``-inf`` if none) and ``winner[i]`` its unit (the first on ties, 0 if
+    none), as ``numpy.argmax`` would pick among the float32 energies
+    computed in this order: ``((c - a ||What_k||^2) + c) * a``.
+    """
+    n_units = objective.shape[1]
+    for i in rows:
+        top = -np.inf
+        arg = 0
+        for k in range(n_units):
+            c = objective[i, k]
+            a = min(max(c * inverse_norms[k], amplitude_min), amplitude_max)
+            energy = ((c - a * norms[k]) + c) * a
+            if energy > top and energy >= floor[k] and not locked[i, k]:
+                top = energy
+                arg = k
+        best[i] = top
+        winner[i] = arg

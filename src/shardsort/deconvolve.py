@@ -40,6 +40,7 @@ import numpy.typing as npt
 from scipy import fft as sp_fft
 from scipy.ndimage import maximum_filter1d
 
+from shardsort.compiled import best_units, subtract_spikes
 from shardsort.tables import SPIKE_DTYPE, empty
 
 #: Smallest FFT length of the blocks used to compute the initial objective.
@@ -234,6 +235,10 @@ def prepare_templates(
     left, singular, right = np.linalg.svd(array, full_matrices=False)
     temporal = left[:, :, :rank] * singular[:, None, :rank]  # (K, T, R)
     spatial = right[:, :rank, :].transpose(0, 2, 1)  # (K, C, R)
+    # A channel where a template is zero (sparse templates) has a zero row
+    # in the exact SVD; LAPACK leaves rounding residue there. Exact zeros let
+    # the matching skip the channels and unit pairs that do not overlap.
+    spatial = np.where((array != 0).any(axis=1)[:, :, None], spatial, 0.0)
     norms = (singular[:, :rank] ** 2).sum(axis=1)
     offsets = _subsample_offsets(upsample)
 
@@ -273,6 +278,25 @@ def prepare_templates(
 # ---------------------------------------------------------------------------
 
 
+def _unit_channels(
+    spatial: npt.NDArray[np.float32], n_units: int, rank: int
+) -> list[slice | npt.NDArray[np.intp]]:
+    """Channels where each unit's spatial components are not zero.
+
+    A slice where they are compact (a sparse template on a probe whose
+    channels are numbered by depth), else their indices.
+    """
+    active = (spatial.reshape(spatial.shape[0], n_units, rank) != 0).any(axis=2)
+    channels = []
+    for unit in range(n_units):
+        found = np.flatnonzero(active[:, unit])
+        if found.size and found[-1] + 1 - found[0] <= 2 * found.size:
+            channels.append(slice(found[0], found[-1] + 1))
+        else:
+            channels.append(found)
+    return channels
+
+
 def _initial_objective(
     traces: npt.NDArray[np.float32], basis: DeconvBasis
 ) -> npt.NDArray[np.float32]:
@@ -280,9 +304,10 @@ def _initial_objective(
 
     Shape (n_samples + T - 1, n_units); row ``i`` is onset ``i - (T - 1)``.
     Computed by overlap-add over time blocks: FFT of the channels, spatial
-    projection in the frequency domain (one real matrix product on the
-    interleaved spectrum), product with the temporal components' spectra and
-    sum over the rank, inverse FFT per unit.
+    projection in the frequency domain (one real matrix product per unit on
+    the interleaved spectrum of the channels the unit spans: sparse templates
+    span a few tens of channels of hundreds), product with the temporal
+    components' spectra and sum over the rank, inverse FFT per unit.
     """
     n_samples = traces.shape[0]
     n_times, n_units, rank = basis.n_samples, basis.n_units, basis.rank
@@ -290,41 +315,30 @@ def _initial_objective(
     block = n_fft - n_times + 1
     kernel = sp_fft.rfft(basis.temporal[::-1].T, n_fft, axis=1)  # (K R, F)
     spatial_t = basis.spatial.T
+    channels = _unit_channels(basis.spatial, n_units, rank)
+    spatial_units = [
+        np.ascontiguousarray(spatial_t[unit * rank : (unit + 1) * rank, where])
+        for unit, where in enumerate(channels)
+    ]
     objective = np.zeros((n_samples + n_times - 1, n_units), dtype=np.float32)
     padded = np.zeros((traces.shape[1], n_fft), dtype=np.float32)
+    summed = np.zeros((n_units, n_fft // 2 + 1), dtype=np.complex64)
     for start in range(0, n_samples, block):
         stop = min(start + block, n_samples)
         padded[:, : stop - start] = traces[start:stop].T
         padded[:, stop - start :] = 0.0
-        spectrum = sp_fft.rfft(padded, axis=1)  # (C, F)
         # A real matrix acting on interleaved (re, im) columns = complex product.
-        projected = (spatial_t @ spectrum.view(np.float32)).view(np.complex64)
-        projected *= kernel
-        summed = projected.reshape(n_units, rank, -1).sum(axis=1)
+        spectrum = sp_fft.rfft(padded, axis=1).view(np.float32)  # (C, 2 F)
+        for unit, where in enumerate(channels):
+            if spatial_units[unit].size == 0:
+                continue
+            projected = (spatial_units[unit] @ spectrum[where]).view(np.complex64)
+            projected *= kernel[unit * rank : (unit + 1) * rank]
+            summed[unit] = projected.sum(axis=0)
         length = stop - start + n_times - 1
         segment = sp_fft.irfft(summed, n_fft, axis=1)[:, :length]
         objective[start : start + length] += segment.T
     return objective
-
-
-def _explained_energy(
-    objective: npt.NDArray[np.float32],
-    norms: npt.NDArray[np.float32],
-    inverse_norms: npt.NDArray[np.float32],
-    amplitude_min: float,
-    amplitude_max: float,
-) -> npt.NDArray[np.float32]:
-    """Energy removed by subtracting each template with its clipped amplitude.
-
-    ``objective`` is (n, n_units); returns ``a (2 c - a ||What||^2)``.
-    """
-    amplitude = objective * inverse_norms
-    np.clip(amplitude, amplitude_min, amplitude_max, out=amplitude)
-    energy = amplitude * norms
-    np.subtract(objective, energy, out=energy)
-    energy += objective
-    energy *= amplitude
-    return energy
 
 
 def _local_peaks(
@@ -401,29 +415,41 @@ class _Pursuit:
             1.0, norms, out=np.zeros_like(norms), where=norms > 0
         )
         self.objective = _initial_objective(traces, basis)
+        # Units whose templates overlap each unit's (non-zero cross-correlation):
+        # a spike changes only their objective.
+        overlaps = (basis.cross != 0).any(axis=(1, 2))
+        self.overlap_start = np.zeros(basis.n_units + 1, dtype=np.intp)
+        np.cumsum(overlaps.sum(axis=1), out=self.overlap_start[1:])
+        self.overlap_units = np.nonzero(overlaps)[1].astype(np.intp)
+        self.floor = np.broadcast_to(
+            threshold * basis.noise_factors, (basis.n_units,)
+        ).astype(np.float32)
         self.locked = np.zeros(self.objective.shape, dtype=bool)
         self.locked[: self.half] = True
         self.locked[self.n_samples :] = True
         self.best = np.empty(self.objective.shape[0], dtype=np.float32)
         self.winner = np.empty(self.objective.shape[0], dtype=np.intp)
-        self.refresh(slice(None))
+        self.refresh(np.arange(self.objective.shape[0]))
 
-    def refresh(self, rows: npt.NDArray[np.intp] | slice) -> None:
-        """Recompute ``best`` and ``winner`` on ``rows``."""
-        energy = _explained_energy(
-            self.objective[rows],
+    def refresh(self, rows: npt.NDArray[np.intp]) -> None:
+        """Recompute ``best`` and ``winner`` on ``rows``.
+
+        A unit is a candidate where its energy is significant against its
+        own noise (``threshold * noise_factors``) and it is not locked; among
+        candidates, the one explaining most energy wins.
+        """
+        best_units(
+            self.objective,
+            np.asarray(rows, dtype=np.intp),
             self.basis.norms,
             self.inverse_norms,
-            self.amplitude_min,
-            self.amplitude_max,
+            np.float32(self.amplitude_min),
+            np.float32(self.amplitude_max),
+            self.floor,
+            self.locked,
+            self.best,
+            self.winner,
         )
-        # A unit is a candidate where its energy is significant against its
-        # own noise; among candidates, the one explaining most energy wins.
-        energy[energy < self.threshold * self.basis.noise_factors] = -np.inf
-        energy[self.locked[rows]] = -np.inf
-        winner = energy.argmax(axis=1)
-        self.winner[rows] = winner
-        self.best[rows] = np.take_along_axis(energy, winner[:, None], axis=1)[:, 0]
 
     def fit(
         self, values: npt.NDArray[np.floating], units: npt.NDArray[np.intp]
@@ -462,14 +488,21 @@ class _Pursuit:
         groups whose members are at least 2 T - 1 apart, so that their update
         spans are disjoint.
         """
-        lags = np.arange(-self.half, self.half + 1)
-        smallest_gap = np.diff(rows).min() if rows.size > 1 else lags.size
-        stride = -(-lags.size // smallest_gap)
-        for parity in range(stride):
-            chosen = slice(parity, None, stride)
-            update = self.basis.cross[units[chosen], choice[chosen]]  # (n, 2T-1, K)
-            update *= scale[chosen, None, None]
-            self.objective[rows[chosen, None] + lags] -= update
+        n_lags = 2 * self.half + 1
+        smallest_gap = np.diff(rows).min() if rows.size > 1 else n_lags
+        stride = -(-n_lags // smallest_gap)
+        subtract_spikes(
+            self.objective,
+            self.basis.cross,
+            self.overlap_start,
+            self.overlap_units,
+            np.asarray(rows, dtype=np.intp),
+            np.asarray(units, dtype=np.intp),
+            np.asarray(choice, dtype=np.intp),
+            np.asarray(scale, dtype=np.float32),
+            self.half,
+            int(stride),
+        )
 
     def search(self, refractory_samples: int, max_iterations: int) -> list[_Batch]:
         """Accept batches of non-overlapping spikes until none explains enough."""
