@@ -8,6 +8,7 @@ from shardsort.workflow import (
     DEMO_PATH,
     load_context,
     nn_model_dir,
+    motion_enabled,
     phase_shifts,
 )
 from shardsort.preprocess import design_bandpass
@@ -25,8 +26,12 @@ CODE_VERSION = shardsort.__version__
 NN = config["detect"]["method"] == "nn"
 # Folder of a fixed model (detector/ and triage/), or None: trained per recording.
 NN_MODEL_DIR = nn_model_dir(config) if NN else None
-# Drift correction: when on, the sort reads motion-corrected chunks.
-MOTION = config["motion"]["enabled"]
+
+
+def motion_on(recording):
+    """Drift correction for this recording: the sort reads motion-corrected chunks."""
+    return motion_enabled(RECORDINGS[recording], config)
+
 
 
 wildcard_constraints:
@@ -63,7 +68,7 @@ def get_final_outputs():
         ]
         if spec.ground_truth:
             outputs += [f"{base}/ground_truth.tsv", f"{base}/report/accuracy_vs_snr.png"]
-        if MOTION:
+        if motion_on(name):
             outputs += [f"{base}/motion/displacement.tsv", f"{base}/report/motion.png"]
     return outputs
 
@@ -201,7 +206,7 @@ def uncorrected_paths(recording, indices):
 
 def preprocessed_paths(recording, indices):
     """Chunks the sort reads: motion-corrected ones when motion.enabled."""
-    if MOTION:
+    if motion_on(recording):
         return [f"{RESULTS}/{recording}/motion/chunks/t{i:05d}.bin" for i in indices]
     return uncorrected_paths(recording, indices)
 
@@ -256,6 +261,7 @@ MOTION_ESTIMATE_KEYS = (
     "time_horizon_s",
     "robust_iterations",
     "smoothing_s",
+    "min_displacement_um",
 )
 MOTION_CORRECT_KEYS = ("interpolation_sigma_um", "border")
 

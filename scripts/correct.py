@@ -1,8 +1,10 @@
 """correct[t]: move one preprocessed time chunk back by the estimated drift."""
 
+import shutil
+
 import numpy as np
 
-from shardsort.io.arrays import ChunkedRecording, read_sidecar, write_array
+from shardsort.io.arrays import ChunkedRecording, atomic_path, read_sidecar, write_array
 from shardsort.jobs import job_logger, read_h5
 from shardsort.motion import channel_displacement, correct_motion
 
@@ -14,30 +16,47 @@ positions = np.asarray(spec["positions_um"], dtype=np.float64)
 good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
 motion = read_h5(snakemake.input.motion)
 
-rec = ChunkedRecording([snakemake.input.chunk], n_samples=spec["n_samples"])
-traces = rec.get_traces(chunk["start"], chunk["stop"], pad=None)
-corrected = correct_motion(
-    traces,
-    start_sample=chunk["start"],
-    displacement_um=channel_displacement(
-        motion["displacement_um"], motion["window_centres_um"], positions[:, 1]
-    ),
-    bin_samples=int(motion["attrs"]["bin_samples"]),
-    positions_um=positions,
-    sigma_um=cfg["interpolation_sigma_um"],
-    good_mask=good,
-    border=cfg["border"],
-)
-# Same storage as the preprocessed chunk (float32, or int16 with its scale).
-side = read_sidecar(snakemake.input.chunk)
-attrs = {"start_sample": chunk["start"]}
-if np.dtype(side["dtype"]) == np.int16:
-    scale = float(side["scale"])
-    attrs["scale"] = scale
-    corrected = np.clip(np.rint(corrected * np.float32(1.0 / scale)), -32767, 32767)
-    corrected = corrected.astype(np.int16)
-write_array(
-    snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
-)
-log.info("chunk %d [%d, %d) corrected (%s)", chunk["index"], chunk["start"], chunk["stop"],
-         corrected.dtype)
+
+def correct() -> None:
+    rec = ChunkedRecording([snakemake.input.chunk], n_samples=spec["n_samples"])
+    traces = rec.get_traces(chunk["start"], chunk["stop"], pad=None)
+    corrected = correct_motion(
+        traces,
+        start_sample=chunk["start"],
+        displacement_um=channel_displacement(
+            motion["displacement_um"], motion["window_centres_um"], positions[:, 1]
+        ),
+        bin_samples=int(motion["attrs"]["bin_samples"]),
+        positions_um=positions,
+        sigma_um=cfg["interpolation_sigma_um"],
+        good_mask=good,
+        border=cfg["border"],
+    )
+    # Same storage as the preprocessed chunk (float32, or int16 with its scale).
+    side = read_sidecar(snakemake.input.chunk)
+    attrs = {"start_sample": chunk["start"]}
+    if np.dtype(side["dtype"]) == np.int16:
+        scale = float(side["scale"])
+        attrs["scale"] = scale
+        corrected = np.clip(np.rint(corrected * np.float32(1.0 / scale)), -32767, 32767)
+        corrected = corrected.astype(np.int16)
+    write_array(
+        snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
+    )
+    log.info("chunk %d [%d, %d) corrected (%s)", chunk["index"], chunk["start"], chunk["stop"],
+             corrected.dtype)
+
+
+def copy_unchanged() -> None:
+    """The motion job found no drift worth correcting: the chunk is used as it is."""
+    for src, dst in ((snakemake.input.chunk, snakemake.output.data),
+                     (f"{snakemake.input.chunk}.yaml", snakemake.output.sidecar)):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    log.info("chunk %d: %s; chunk copied unchanged", chunk["index"], motion["attrs"]["decision"])
+
+
+if bool(motion["attrs"].get("apply", True)):
+    correct()
+else:
+    copy_unchanged()

@@ -46,6 +46,17 @@ displacement, centres = estimate_motion(
     smoothing_bins=cfg["smoothing_s"] / bin_s,
     edge_um=cfg["edge_um"],
 )
+# A recording that does not drift is left as it is: resampling would only
+# smooth it. The decision is the motion job's, written into motion.h5 for the
+# correct jobs, the log and the report.
+span = np.ptp(displacement, axis=0) if n_bins else np.zeros(len(centres))
+largest = float(span.max()) if span.size else 0.0
+apply = largest >= cfg["min_displacement_um"]
+decision = (
+    f"drift correction {'applied' if apply else 'skipped'}: estimated displacement range "
+    f"{largest:.1f} um {'>=' if apply else '<'} motion.min_displacement_um "
+    f"({cfg['min_displacement_um']:g} um)"
+)
 time_s = (np.arange(n_bins) * bin_samples + 0.5 * (bin_samples - 1)) / rate
 write_h5(
     snakemake.output.motion,
@@ -57,7 +68,7 @@ write_h5(
         "depth_edges_um": edges,
     },
     {"bin_samples": bin_samples, "sampling_rate_hz": rate, "rigid": bool(cfg["rigid"]),
-     "n_peaks": n_peaks},
+     "n_peaks": n_peaks, "apply": bool(apply), "decision": decision},
 )
 with atomic_path(snakemake.output.table) as tmp, open(tmp, "w") as fh:
     fh.write("\t".join(["time_s"] + [f"displacement_um_at_{c:.1f}um" for c in centres]) + "\n")
@@ -66,6 +77,6 @@ with atomic_path(snakemake.output.table) as tmp, open(tmp, "w") as fh:
 figure = report.motion_figure(histogram, edges, time_s, displacement, centres, bin_s=bin_s)
 with atomic_path(snakemake.output.figure) as tmp:
     report.save_figure(figure, tmp)
-span = np.ptp(displacement, axis=0) if n_bins else np.zeros(len(centres))
 log.info("%d peaks in %d time bins of %.3f s; %d depth window(s); displacement range %s um",
          n_peaks, n_bins, bin_s, len(centres), np.round(span, 1).tolist())
+log.info(decision)

@@ -187,17 +187,41 @@ def check_recording_against_config(spec: RecordingSpec, config: dict) -> None:
             "filter's edge padding"
         )
     motion = config["motion"]
-    if motion["enabled"]:
-        depths = spec.positions_array[:, 1]
-        span = float(depths.max() - depths.min())
-        if span <= 2 * motion["edge_um"]:
-            raise ConfigError(
-                f"motion.edge_um ({motion['edge_um']}) leaves nothing of the probe of "
-                f"recording {spec.name!r}: its channels span {span:g} um in depth, "
-                f"expected more than 2 x edge_um (or set motion.enabled: false)"
-            )
+    if motion["enabled"] is True and not probe_allows_motion(spec, config):
+        raise ConfigError(
+            f"motion.edge_um ({motion['edge_um']}) leaves nothing of the probe of "
+            f"recording {spec.name!r}: its channels span {depth_span_um(spec):g} um in "
+            f"depth, expected more than 2 x edge_um (or set motion.enabled: auto or false)"
+        )
     if config["detect"]["method"] == "nn":
         check_nn_model_fits(spec, config)
+
+
+def depth_span_um(spec: RecordingSpec) -> float:
+    """Depth extent of the probe's channels (µm)."""
+    depths = spec.positions_array[:, 1]
+    return float(depths.max() - depths.min()) if depths.size else 0.0
+
+
+def probe_allows_motion(spec: RecordingSpec, config: dict) -> bool:
+    """Drift can be estimated: the channels span more than ``2 x motion.edge_um``
+    in depth (the histograms leave ``edge_um`` out at each end)."""
+    return depth_span_um(spec) > 2.0 * config["motion"]["edge_um"]
+
+
+def motion_enabled(spec: RecordingSpec, config: dict) -> bool:
+    """Whether the sort of ``spec`` estimates and corrects drift.
+
+    ``motion.enabled``: ``auto`` (the default) corrects every recording whose
+    probe is long enough (:func:`probe_allows_motion`); ``true`` requires it
+    (checked by :func:`check_recording_against_config`); ``false`` never.
+    Whether the estimate is then applied is decided per recording from the
+    estimate itself (``motion.min_displacement_um``, in the motion job).
+    """
+    setting = config["motion"]["enabled"]
+    if setting == "auto":
+        return probe_allows_motion(spec, config)
+    return bool(setting)
 
 
 def phase_shifts(spec: RecordingSpec, config: dict) -> list[float] | None:

@@ -9,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from shardsort.workflow import ConfigError, check_config, load_context, stage_margins
+from shardsort.workflow import ConfigError, check_config, load_context, motion_enabled, stage_margins
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")
@@ -86,8 +86,8 @@ def test_cross_field_checks(config):
         check_config(bad)
 
 
-def test_motion_is_off_by_default_and_its_keys_are_validated(config):
-    assert config["motion"]["enabled"] is False
+def test_motion_is_automatic_by_default_and_its_keys_are_validated(config):
+    assert config["motion"]["enabled"] == "auto"
     config["motion"]["windw_step_um"] = 50.0
     with pytest.raises(WorkflowError, match="windw_step_um"):
         validate(config, SCHEMA)
@@ -105,12 +105,19 @@ def test_motion_edge_must_leave_part_of_the_probe(config, tmp_path):
         f"{geometry}\n"
     )
     config["recordings"] = str(table)
+    config["motion"]["enabled"] = False
     load_context(config)  # motion off: any probe
+    config["motion"]["enabled"] = "auto"
+    spec = next(iter(load_context(config).recordings.values()))
+    assert not motion_enabled(spec, config)  # auto: too short a probe sorts without
     config["motion"]["enabled"] = True
     with pytest.raises(ConfigError, match=r"motion.edge_um \(30.0\) leaves nothing of the probe"):
         load_context(config)
     config["motion"]["edge_um"] = 20.0
     load_context(config)
+    assert motion_enabled(spec, config)
+    config["motion"]["enabled"] = "auto"
+    assert motion_enabled(spec, config)  # 60 um > 2 x 20 um
 
 
 def test_band_above_nyquist_is_rejected_before_any_job(config, tmp_path):
