@@ -149,6 +149,9 @@ def test_nwb_file_checks_and_sorts_from_the_command_line(nwb_sorted, nwb_file, s
     assert f"{N_CHANNELS} channels x 300000 samples at 30000 Hz (10.0 s), int16" in report
     assert "geometry from nwb" in report
     assert "nothing to run: the results are up to date" in report
+    # report: snakemake --report of that sort, from the run it recorded.
+    shardsort("report", "--out", str(nwb_sorted))
+    assert (nwb_sorted / "report.html").stat().st_size > 10_000
 
 
 def test_check_counts_the_jobs_of_a_fresh_sort(nwb_file, tmp_path):
