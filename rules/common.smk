@@ -273,6 +273,12 @@ def get_pca_sample(wildcards):
     return preprocessed_paths(recording, chunks)
 
 
+def get_uncorrected_chunks(wildcards):
+    """Every preprocessed chunk (report: their sidecars count the NaN/inf raw samples zeroed)."""
+    recording = wildcards.recording
+    return uncorrected_paths(recording, range(len(PLANS[recording].chunks)))
+
+
 def get_noise_chunks(wildcards):
     """Preprocessed chunks holding the noise segments (template noise model)."""
     recording = wildcards.recording

@@ -1,12 +1,6 @@
 # Figures and tables that `snakemake --report report.html` embeds, per recording.
 
 
-def get_uncorrected_chunks(wildcards):
-    """Every preprocessed chunk: their sidecars count the NaN/inf raw samples zeroed."""
-    recording = wildcards.recording
-    return uncorrected_paths(recording, range(len(PLANS[recording].chunks)))
-
-
 rule report_overview:
     input:
         sorting="results/{recording}/sorting.h5",
