@@ -15,6 +15,8 @@ Sections (run in this order; ``--only`` picks some):
                 demo and a noisier variant (``--quick``: 32 channels, 20 s)
 ``phase_shift`` Neuropixels inter-sample shift: common-mode noise left after the
                 median reference with and without the correction (~20 s)
+``kernels``     filter and deconvolution kernels before/after the compiled
+                versions (issue 16), per-job cost with numba cold/warm (~1.5 min)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -48,6 +50,7 @@ from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import bench_detection  # noqa: E402
+import bench_kernels  # noqa: E402
 import bench_nn  # noqa: E402
 import bench_phase_shift  # noqa: E402
 import bench_plan  # noqa: E402
@@ -57,7 +60,9 @@ import bench_sort  # noqa: E402
 from benchlib import Context, Table, load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift")
+SECTIONS = (
+    "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels"
+)
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
     "detection": "2. Detection against ground truth (issue 4)",
@@ -66,8 +71,11 @@ TITLES = {
     "plan": "4b. Planning large recordings (issue 7)",
     "nn": "5. Network detection versus threshold (issue 8)",
     "phase_shift": "6. Neuropixels inter-sample shift (issue 18)",
+    "kernels": "7. Kernel speed before/after (issue 16)",
 }
-SUMMARY_ORDER = ("preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift")
+SUMMARY_ORDER = (
+    "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels"
+)
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
 
@@ -243,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_nn.run(ctx)
             elif name == "phase_shift":
                 tables = bench_phase_shift.run(ctx)
+            elif name == "kernels":
+                tables = bench_kernels.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)
