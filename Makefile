@@ -57,6 +57,15 @@ bench-peers: $(PEERS_STAMP)
 	$(BIN)/python benchmarks/peers/run_peers.py \
 		$(if $(PEERS_SHARDSORT_CONFIG),--shardsort-configfile $(PEERS_SHARDSORT_CONFIG)) $(PEERS_ARGS)
 
+# `make bench-drift`: the drift benchmark matrix (issue 14): drifting ground-truth recordings
+# of several drift shapes, shardsort (defaults) vs SpykingCircus2 and Tridesclous2, drift
+# estimate error; benchmarks/results/drift.{md,csv,json}. DRIFT_ARGS=--wide adds 384 channels.
+DRIFT_ARGS ?=
+
+.PHONY: bench-drift
+bench-drift: $(PEERS_STAMP)
+	$(BIN)/python benchmarks/peers/drift_matrix.py $(DRIFT_ARGS)
+
 $(PEERS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[peers]"
 	$(BIN)/python -m pip install --quiet $(PEERS_TORCH)

@@ -111,13 +111,14 @@ def make_probe(positions_um: npt.NDArray[np.floating]):
     return probe
 
 
-def _drift_kwargs(duration_s: float) -> dict:
-    """Zigzag motion starting at 10 % of the recording, two periods in all."""
+def _drift_kwargs(duration_s: float, half_range_um: float = DRIFT_UM) -> dict:
+    """Zigzag motion starting at 10 % of the recording, two periods in all,
+    between +``half_range_um`` and -``half_range_um``."""
     t_start_s = 0.1 * duration_s
     return dict(
         displacement_sampling_frequency=5.0,
-        drift_start_um=[0.0, DRIFT_UM],
-        drift_stop_um=[0.0, -DRIFT_UM],
+        drift_start_um=[0.0, half_range_um],
+        drift_stop_um=[0.0, -half_range_um],
         drift_step_um=1,
         motion_list=[
             dict(
@@ -267,6 +268,7 @@ def load_recording(files: RecordingFiles):
     from spikeinterface.core import read_binary
 
     spec = json.loads(files.spec_file.read_text())
+    spec = spec.get("recording", spec)  # drift-matrix recordings nest their spec
     recording = read_binary(
         files.binary,
         sampling_frequency=spec["sampling_rate_hz"],
@@ -314,3 +316,194 @@ def sorting_from_arrays(
         sampling_frequency=sampling_rate_hz,
         unit_ids=unit_ids,
     )
+
+
+# --------------------------------------------------------------------------
+# Drift matrix: one drifting recording per drift shape (benchmarks/peers/drift_matrix.py)
+
+#: Drift shapes of ``DriftSpec.mode``.
+DRIFT_MODES = ("zigzag", "linear", "bump", "random_walk")
+#: Samples per second of the planted displacement.
+DISPLACEMENT_RATE_HZ = 5.0
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """The motion planted into one drifting recording.
+
+    ``mode``: ``zigzag`` (triangle wave of period ``period_s``, from
+    ``t_start_s``), ``linear`` (one slow ramp over the whole recording),
+    ``bump`` (sudden steps between the two extremes at random intervals of
+    ``bump_interval_s``), ``random_walk``. ``peak_to_peak_um``: the range of
+    the planted displacement (axial). ``non_rigid_gradient``: ``None`` for
+    rigid motion, else SpikeInterface's gradient (the unit farthest from the
+    tip, largest y, moves by this fraction of the displacement of the unit
+    nearest the tip, linear in y between).
+    """
+
+    mode: str
+    peak_to_peak_um: float
+    period_s: float | None = None
+    t_start_s: float = 0.0
+    non_rigid_gradient: float | None = None
+    bump_interval_s: tuple[float, float] = (30.0, 90.0)
+
+    def __post_init__(self) -> None:
+        if self.mode not in DRIFT_MODES:
+            raise ValueError(f"mode must be one of {DRIFT_MODES}, got {self.mode!r}")
+        if not self.peak_to_peak_um > 0:
+            raise ValueError(f"peak_to_peak_um must be > 0, got {self.peak_to_peak_um}")
+        if self.non_rigid_gradient is not None and not 0 <= abs(self.non_rigid_gradient) <= 1:
+            raise ValueError(
+                f"non_rigid_gradient must be in [-1, 1], got {self.non_rigid_gradient}"
+            )
+
+
+def drift_displacement_data(
+    drift: DriftSpec, duration_s: float, unit_locations_um: npt.NDArray[np.floating], *, seed: int
+):
+    """SpikeInterface's ``displacement_data`` tuple for ``drift``.
+
+    zigzag / bump / random_walk come from SpikeInterface's
+    ``generate_displacement_vector``; ``linear`` is built here (a zigzag
+    cannot start at one extreme: its phase starts half-way down a slope), as
+    the same tuple: a straight ramp from +range/2 to -range/2.
+    """
+    from spikeinterface.generation.drifting_generator import (
+        generate_displacement_vector,
+        make_linear_displacement,
+    )
+
+    half = 0.5 * drift.peak_to_peak_um
+    start, stop = np.array([0.0, half]), np.array([0.0, -half])
+    if drift.mode == "linear":
+        n_times = int(np.ceil(DISPLACEMENT_RATE_HZ * duration_s))
+        shape = np.linspace(-0.5, 0.5, n_times)  # generator's shape range
+        vectors = (shape[:, None] * (stop - start) + 0.5 * (start + stop))[:, :, None]
+        factor = _unit_factor(drift, unit_locations_um, start, stop)
+        unit_disp = vectors[:, None, :, 0] * factor[None, :, None]
+        n_steps = int(np.linalg.norm(stop - start) // 2 * 2 + 1)
+        steps = make_linear_displacement(start, stop, num_step=n_steps)
+        return unit_disp, vectors, factor[:, None], DISPLACEMENT_RATE_HZ, steps
+    motion = dict(
+        drift_mode=drift.mode,
+        non_rigid_gradient=drift.non_rigid_gradient,
+        t_start_drift=drift.t_start_s,
+        t_end_drift=None,
+        period_s=drift.period_s if drift.period_s is not None else duration_s / 2.0,
+    )
+    if drift.mode == "bump":
+        motion["bump_interval_s"] = tuple(drift.bump_interval_s)
+    return generate_displacement_vector(
+        duration_s,
+        np.asarray(unit_locations_um)[:, :2],
+        displacement_sampling_frequency=DISPLACEMENT_RATE_HZ,
+        drift_start_um=start.tolist(),
+        drift_stop_um=stop.tolist(),
+        drift_step_um=1,
+        motion_list=[motion],
+        seed=seed,
+    )
+
+
+def _unit_factor(drift: DriftSpec, unit_locations_um, start, stop) -> npt.NDArray[np.float64]:
+    """Per-unit displacement factor, as SpikeInterface's non-rigid gradient."""
+    n_units = len(unit_locations_um)
+    if drift.non_rigid_gradient is None:
+        return np.ones(n_units)
+    direction = (stop - start) / np.linalg.norm(stop - start)
+    proj = np.asarray(unit_locations_um)[:, :2] @ direction
+    factors = (proj - proj.min()) / max(float(np.ptp(proj)), 1e-12)
+    if drift.non_rigid_gradient < 0:
+        factors = 1 - factors
+    f = abs(drift.non_rigid_gradient)
+    return factors * (1 - f) + f
+
+
+def generate_drifting(
+    spec: RecordingSpec, drift: DriftSpec, folder: Path, name: str, *, n_jobs: int = 2
+) -> RecordingFiles:
+    """Generate and write one drifting recording ``name`` (``spec``'s units,
+    spikes and noise, ``drift``'s motion). Its ground truth also holds the
+    planted motion: ``displacement_vectors`` (n_times, 2, n_motions),
+    ``displacement_sampling_frequency``, ``unit_displacements`` (n_times,
+    n_units, 2) and ``displacement_unit_factor``. Kept when already made from
+    the same specs."""
+    from spikeinterface.core import get_noise_levels
+    from spikeinterface.core.generate import generate_unit_locations
+    from spikeinterface.generation import generate_drifting_recording
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = RecordingFiles(name, folder)
+    full_spec = dict(recording=asdict(spec), drift=asdict(drift))
+    if _is_current_drift(files, full_spec):
+        return files
+
+    positions_um = neuropixels_positions(spec.n_channels)
+    # The generator's own unit locations for this seed (same defaults), so that
+    # a non-rigid gradient can be computed before the call.
+    unit_locations = generate_unit_locations(
+        spec.n_units,
+        positions_um,
+        seed=spec.seed,
+        margin_um=20.0,
+        minimum_z=5.0,
+        maximum_z=45.0,
+        minimum_distance=18.0,
+        max_iteration=100,
+        distance_strict=False,
+        distribution="uniform",
+    )
+    displacement = drift_displacement_data(
+        drift, spec.duration_s, unit_locations, seed=spec.seed
+    )
+    static, drifting, sorting, extra = generate_drifting_recording(
+        num_units=spec.n_units,
+        duration=spec.duration_s,
+        sampling_frequency=spec.sampling_rate_hz,
+        probe=make_probe(positions_um),
+        unit_locations=unit_locations,
+        displacement_data=displacement,
+        extra_outputs=True,
+        seed=spec.seed,
+    )
+    spikes = sorting.to_spike_vector()
+    noise_uv = get_noise_levels(
+        static,
+        return_in_uV=False,
+        method="mad",
+        random_slices_kwargs=dict(seed=spec.seed),
+        progress_bar=False,
+    )
+    templates_uv = extra["templates"].templates_array
+    ground_truth = dict(
+        sample_index=spikes["sample_index"].astype(np.int64),
+        unit_index=spikes["unit_index"].astype(np.int32),
+        snr=unit_snr(templates_uv, np.asarray(noise_uv, dtype=np.float64)),
+        peak_channel=np.abs(templates_uv).max(axis=1).argmax(axis=1).astype(np.int32),
+        unit_locations_um=np.asarray(extra["unit_locations"], dtype=np.float64),
+        positions_um=positions_um,
+        sampling_rate_hz=np.float64(spec.sampling_rate_hz),
+        gain_to_uv=np.float64(GAIN_TO_UV),
+        displacement_vectors=np.asarray(extra["displacement_vectors"], dtype=np.float64),
+        displacement_sampling_frequency=np.float64(
+            extra["displacement_sampling_frequency"]
+        ),
+        unit_displacements=np.asarray(extra["unit_displacements"], dtype=np.float64),
+        displacement_unit_factor=np.asarray(
+            extra["displacement_unit_factor"], dtype=np.float64
+        ),
+    )
+    _write_int16(drifting, files.binary, n_jobs=n_jobs)
+    np.save(files.geometry, positions_um)
+    np.savez(files.ground_truth, **ground_truth)
+    _write_table(files, spec)
+    files.spec_file.write_text(json.dumps(full_spec, indent=2) + "\n")
+    return files
+
+
+def _is_current_drift(files: RecordingFiles, full_spec: dict) -> bool:
+    paths = (files.binary, files.geometry, files.ground_truth, files.table, files.spec_file)
+    if not all(p.exists() for p in paths):
+        return False
+    return json.loads(files.spec_file.read_text()) == json.loads(json.dumps(full_spec))

@@ -202,3 +202,68 @@ def test_parse_args_validates_choices():
     assert args.recordings == ["static", "drifting"]
     with pytest.raises(SystemExit):
         parse_args(["--sorters", "kilosort4"])
+
+
+# ---------------------------------------------------------------- drift matrix
+
+
+def test_drift_spec_rejects_bad_values():
+    from recordings import DriftSpec
+
+    with pytest.raises(ValueError, match="mode"):
+        DriftSpec("sine", 10.0)
+    with pytest.raises(ValueError, match="peak_to_peak_um"):
+        DriftSpec("zigzag", 0.0)
+    with pytest.raises(ValueError, match="non_rigid_gradient"):
+        DriftSpec("zigzag", 10.0, non_rigid_gradient=1.5)
+
+
+def test_linear_drift_is_one_ramp_of_the_planted_range():
+    from recordings import DriftSpec, drift_displacement_data
+
+    locations = np.array([[0.0, 100.0], [16.0, 300.0], [32.0, 500.0]])
+    unit_disp, vectors, factor, rate, _ = drift_displacement_data(
+        DriftSpec("linear", 30.0), 60.0, locations, seed=0
+    )
+    y = unit_disp[:, :, 1]
+    assert y.shape == (300, 3) and rate == 5.0
+    assert np.ptp(y[:, 0]) == pytest.approx(30.0)
+    assert np.all(np.diff(y[:, 0]) < 0)  # monotone
+    np.testing.assert_allclose(y, y[:, :1].repeat(3, axis=1))  # rigid
+    # depth-varying: the unit farthest from the tip moves by the gradient's fraction
+    unit_disp, *_ = drift_displacement_data(
+        DriftSpec("linear", 30.0, non_rigid_gradient=0.5), 60.0, locations, seed=0
+    )
+    spans = np.ptp(unit_disp[:, :, 1], axis=0)
+    np.testing.assert_allclose(spans, [30.0, 22.5, 15.0])  # SpikeInterface: full motion at the tip (y = 0)
+
+
+def test_drift_error_recovers_sign_and_rms(tmp_path):
+    import h5py
+    from drift_matrix import bin_planted, drift_error
+
+    rate_d, fs, bin_samples = 5.0, 30000.0, 60000  # 2 s bins
+    t = np.arange(600) / rate_d  # 120 s
+    planted = 10.0 * np.sin(2 * np.pi * t / 60.0)
+    unit_disp = np.zeros((600, 2, 2))
+    unit_disp[:, :, 1] = planted[:, None]
+    binned = bin_planted(planted[:, None], rate_d, bin_samples / fs, 60)[:, 0]
+    assert binned[0] == pytest.approx(planted[:10].mean())
+    noise = np.random.default_rng(0).normal(0, 0.5, 60)
+    est = -(binned + 3.0) + noise  # opposite sign, offset: removed
+    with h5py.File(tmp_path / "motion.h5", "w") as h5:
+        h5["displacement_um"] = est[:, None]
+        h5["window_centres_um"] = np.array([300.0])
+        h5.attrs["bin_samples"] = bin_samples
+        h5.attrs["sampling_rate_hz"] = fs
+        h5.attrs["apply"] = True
+    np.savez(
+        tmp_path / "gt.npz",
+        unit_displacements=unit_disp,
+        displacement_sampling_frequency=rate_d,
+        unit_locations_um=np.array([[0.0, 100.0, 20.0], [0.0, 400.0, 20.0]]),
+    )
+    out = drift_error(tmp_path / "motion.h5", tmp_path / "gt.npz")
+    assert out["est_sign"] == -1 and out["est_corr"] < -0.99
+    assert out["est_rms_um"] == pytest.approx(np.std(noise), abs=0.05)
+    assert out["est_rms_units_um"] == pytest.approx(out["est_rms_um"])
