@@ -120,6 +120,7 @@ def sos_cascade(
 def subtract_spikes(
     objective: np.ndarray,
     cross: np.ndarray,
+    cross_start: np.ndarray,
     overlap_start: np.ndarray,
     overlap_units: np.ndarray,
     rows: np.ndarray,
@@ -129,30 +130,33 @@ def subtract_spikes(
     half: int,
     stride: int,
 ) -> None:
-    """``objective[rows[i] - half + lag, k] -= scale[i] * cross[units[i], choice[i], lag, k]``.
+    """``objective[rows[i] - half + lag, k] -= scale[i] * cross(units[i], choice[i], lag, k)``.
 
-    Only for the units ``k`` whose cross-correlation with ``units[i]`` is not
-    zero: ``overlap_units[overlap_start[j] : overlap_start[j + 1]]`` (the
-    others would subtract exact zeros). Spikes are applied in the order of
+    Only for the units ``k`` whose cross-correlation with unit ``j`` is not
+    zero, ``overlap_units[overlap_start[j] : overlap_start[j + 1]]`` (the
+    others would subtract exact zeros). ``cross`` holds, flat from
+    ``cross_start[j]``, unit ``j``'s values for those units only, shaped
+    (n_offsets, n_lags, n_overlapping). Spikes are applied in the order of
     :meth:`shardsort.deconvolve._Pursuit.subtract`'s interleaved groups
-    (``parity, parity + stride, ...`` for each parity), with the same float32
-    operations, so the objective is bit for bit the one NumPy computes.
+    (``parity, parity + stride, ...`` for each parity) with float32
+    operations, so the result does not depend on how spikes were batched.
     """
     n_spikes = rows.shape[0]
-    n_lags = cross.shape[2]
+    n_lags = 2 * half + 1
     for parity in range(stride):
         for i in range(parity, n_spikes, stride):
             unit = units[i]
-            offset = choice[i]
             factor = scale[i]
             first = rows[i] - half
             start = overlap_start[unit]
-            stop = overlap_start[unit + 1]
+            n_overlap = overlap_start[unit + 1] - start
+            base = cross_start[unit] + choice[i] * n_lags * n_overlap
             for lag in range(n_lags):
                 row = first + lag
-                for index in range(start, stop):
-                    other = overlap_units[index]
-                    objective[row, other] -= factor * cross[unit, offset, lag, other]
+                at = base + lag * n_overlap
+                for index in range(n_overlap):
+                    other = overlap_units[start + index]
+                    objective[row, other] -= factor * cross[at + index]
 
 
 @jit
@@ -179,15 +183,20 @@ def best_units(
     computed in this order: ``((c - a ||What_k||^2) + c) * a``.
     """
     n_units = objective.shape[1]
+    energy = np.empty(n_units, np.float32)
     for i in rows:
-        top = -np.inf
-        arg = 0
+        # Energies first (a loop the compiler vectorises), then the first
+        # largest candidate.
         for k in range(n_units):
             c = objective[i, k]
             a = min(max(c * inverse_norms[k], amplitude_min), amplitude_max)
-            energy = ((c - a * norms[k]) + c) * a
-            if energy > top and energy >= floor[k] and not locked[i, k]:
-                top = energy
+            e = ((c - a * norms[k]) + c) * a
+            energy[k] = e if e >= floor[k] and not locked[i, k] else -np.inf
+        top = energy[0]
+        arg = 0
+        for k in range(1, n_units):
+            if energy[k] > top:
+                top = energy[k]
                 arg = k
         best[i] = top
         winner[i] = arg

@@ -421,6 +421,13 @@ class _Pursuit:
         self.overlap_start = np.zeros(basis.n_units + 1, dtype=np.intp)
         np.cumsum(overlaps.sum(axis=1), out=self.overlap_start[1:])
         self.overlap_units = np.nonzero(overlaps)[1].astype(np.intp)
+        # Their cross-correlations, one contiguous block per unit.
+        blocks = [basis.cross[unit][..., overlaps[unit]] for unit in range(basis.n_units)]
+        self.cross_start = np.zeros(basis.n_units + 1, dtype=np.intp)
+        np.cumsum([block.size for block in blocks], out=self.cross_start[1:])
+        self.cross = np.concatenate(
+            [block.ravel() for block in blocks] + [np.zeros(0, np.float32)]
+        )
         self.floor = np.broadcast_to(
             threshold * basis.noise_factors, (basis.n_units,)
         ).astype(np.float32)
@@ -493,7 +500,8 @@ class _Pursuit:
         stride = -(-n_lags // smallest_gap)
         subtract_spikes(
             self.objective,
-            self.basis.cross,
+            self.cross,
+            self.cross_start,
             self.overlap_start,
             self.overlap_units,
             np.asarray(rows, dtype=np.intp),
