@@ -5,7 +5,7 @@ rule cluster:
     input:
         spikes="results/{recording}/spikes.h5",
     output:
-        labels=temp("results/{recording}/cluster/g{group}.npz"),
+        labels=bulk("results/{recording}/cluster/g{group}.npz"),
     params:
         group=get_group,
         cluster=config["cluster"],
@@ -47,7 +47,7 @@ rule template_sums:
         spikes="results/{recording}/spikes.h5",
         clusters="results/{recording}/clusters.h5",
     output:
-        sums=temp("results/{recording}/templates/t{chunk}.npz"),
+        sums=bulk("results/{recording}/templates/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -99,7 +99,7 @@ rule deconvolve:
         deconv_basis="results/{recording}/deconv_basis.npz",
         basis="results/{recording}/detect/basis.h5",
     output:
-        spikes=temp("results/{recording}/deconvolve/t{chunk}.npz"),
+        spikes=bulk("results/{recording}/deconvolve/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -123,6 +123,7 @@ rule merge_units:
     input:
         spikes=get_deconvolved,
         templates="results/{recording}/templates.h5",
+        deconv_basis="results/{recording}/deconv_basis.npz",
         noise="results/{recording}/preprocess/noise.h5",
         whitening="results/{recording}/preprocess/whitening.h5",
         basis="results/{recording}/detect/basis.h5",

@@ -6,7 +6,8 @@ from importlib import metadata
 import numpy as np
 import yaml
 
-from shardsort.curation import select_units
+from shardsort.curation import expected_noise_matches, select_units
+from shardsort.deconvolve import DeconvBasis, unit_thresholds
 from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
 from shardsort.tables import merge_event_tables
 from shardsort.workflow import ms_to_samples
@@ -29,6 +30,8 @@ spike_positions = np.concatenate([p["positions_um"] for p in parts], axis=0)[kep
 # Pieces of one neuron (cut by drift or amplitude in clustering) are joined
 # on their spike trains before the curation judges each unit.
 templates = tpl["templates"]
+dec = snakemake.params.deconvolve
+unit_mapping = np.arange(len(templates))
 rate_hz = float(spec["sampling_rate_hz"])
 merge_cfg = snakemake.params.merge
 if merge_cfg["enabled"] and len(templates) > 1:
@@ -66,13 +69,24 @@ if merge_cfg["enabled"] and len(templates) > 1:
     order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
     spikes, pc_features, spike_positions = spikes[order], pc_features[order], spike_positions[order]
     templates = merged.templates
+    unit_mapping = merged.mapping
     log.info("%d merges: %d units -> %d", len(merged.decisions), len(tpl["templates"]), len(templates))
+
+# Matches pure noise gives each unit at its threshold (a merged unit: the sum
+# over its pieces).
+basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
+thresholds = unit_thresholds(
+    basis, highest=dec["threshold"], lowest=dec["threshold_min"], recall_margin=dec["recall_margin"]
+)
+noise_matches = expected_noise_matches(
+    thresholds, tpl["noise_lag_correlation"], n_samples=int(spec["n_samples"])
+)
+noise_matches = np.bincount(unit_mapping, weights=noise_matches, minlength=len(templates))
 
 # Units with too few spikes, too low a rate or a median amplitude far below 1
 # (noise templates) are removed; the survivors are renumbered 0..K-1 in the
 # order of their templates.
 n_units_in = len(templates)
-dec = snakemake.params.deconvolve
 selection = select_units(
     spikes["unit_index"],
     spikes["amplitude"],
@@ -84,6 +98,8 @@ selection = select_units(
     sample_index=spikes["sample_index"],
     shared_window_samples=ms_to_samples(dec["shared_window_ms"], float(spec["sampling_rate_hz"])),
     max_shared_fraction=dec["max_shared_fraction"],
+    expected_noise=noise_matches,
+    max_noise_fraction=dec["max_noise_fraction"],
 )
 alive = selection.alive
 for unit in np.flatnonzero(~alive):

@@ -11,6 +11,7 @@ from shardsort.templates import (
     matched_snr,
     merge_similar_templates,
     noise_factors,
+    noise_lag_correlation,
     reduce_templates,
     refractory_conflicts,
     sample_noise_windows,
@@ -156,6 +157,8 @@ write_h5(
         "positions_um": unit_positions.astype(np.float32),
         "noise_factors": factors,
         "matched_snr": snr,
+        # How often noise alone crosses each template's matching threshold.
+        "noise_lag_correlation": noise_lag_correlation(merged, windows),
         "cluster_dropped": dropped,
     },
     {"pre_samples": pre, "post_samples": post, "n_clusters": n_clusters},

@@ -14,6 +14,17 @@ residual that a template built from such events matches. Its spikes then sit
 on another unit's spikes, far more often than chance (the other unit's rate
 times the window: about 1 %). A unit sharing more than ``max_shared_fraction``
 of its spikes with one larger unit is removed.
+
+Every unit is also tested against what pure noise would give it: matching a
+template at its threshold ``theta`` (squared noise SDs of its matching score)
+accepts noise wherever the score, a smooth Gaussian process on noise, rises
+above ``sqrt(theta)`` SDs: by Rice's formula about
+``sqrt(2 (1 - rho)) / (2 pi) * exp(-theta / 2)`` times per sample, ``rho``
+the score's lag-1 correlation on the recording's noise
+(:func:`shardsort.templates.noise_lag_correlation`). A unit with more than
+``max_noise_fraction`` of its spikes expected from noise alone is a noise
+unit, whatever the number of channels or the recording's length: one test in
+place of a fixed SNR gate that cannot fit 16 and 1,000 channels alike.
 """
 
 from __future__ import annotations
@@ -35,6 +46,40 @@ class UnitSelection:
     reasons: tuple[str, ...]  # (n_units,), "" for kept units
 
 
+def expected_noise_matches(
+    thresholds: npt.ArrayLike, lag_correlation: npt.ArrayLike, *, n_samples: int
+) -> npt.NDArray[np.float64]:
+    """Matches pure noise gives each unit over ``n_samples`` (see the module docstring).
+
+    Parameters
+    ----------
+    thresholds : array_like, shape (n_units,)
+        Matching thresholds in squared noise SDs (:func:`shardsort.deconvolve.unit_thresholds`).
+    lag_correlation : array_like, shape (n_units,)
+        Lag-1 correlation of each unit's matching score on noise.
+    n_samples : int
+        Samples matched.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_units,)
+    """
+    theta = np.asarray(thresholds, dtype=np.float64)
+    rho = np.asarray(lag_correlation, dtype=np.float64)
+    if theta.shape != rho.shape or theta.ndim != 1:
+        raise ValueError(
+            f"thresholds {theta.shape} and lag_correlation {rho.shape} must be 1-D of one length"
+        )
+    if not np.all(theta > 0):
+        raise ValueError("thresholds must be > 0")
+    if not np.all((rho >= -1) & (rho < 1)):
+        raise ValueError("lag_correlation must lie in [-1, 1)")
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}")
+    per_sample = np.sqrt(2.0 * (1.0 - rho)) / (2.0 * np.pi) * np.exp(-0.5 * theta)
+    return per_sample * float(n_samples)
+
+
 def select_units(
     unit_index: npt.ArrayLike,
     amplitude: npt.ArrayLike,
@@ -47,6 +92,8 @@ def select_units(
     sample_index: npt.ArrayLike | None = None,
     shared_window_samples: int = 0,
     max_shared_fraction: float = 1.0,
+    expected_noise: npt.ArrayLike | None = None,
+    max_noise_fraction: float = 1.0,
 ) -> UnitSelection:
     """Keep units with enough spikes, a high enough rate and median amplitude.
 
@@ -69,6 +116,11 @@ def select_units(
         and has more spikes.
     shared_window_samples : int
     max_shared_fraction : float
+    expected_noise : array_like, shape (n_units,), optional
+        Matches pure noise would give each unit (:func:`expected_noise_matches`);
+        a unit is removed when more than ``max_noise_fraction`` of its spikes
+        could be such matches.
+    max_noise_fraction : float
 
     Returns
     -------
@@ -87,6 +139,11 @@ def select_units(
         raise ValueError(f"unit_index must lie in [0, {n_units}), got [{units.min()}, {units.max()}]")
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
+    noise = None
+    if expected_noise is not None:
+        noise = np.asarray(expected_noise, dtype=np.float64)
+        if noise.shape != (n_units,):
+            raise ValueError(f"expected_noise must have shape ({n_units},), got {noise.shape}")
     counts = np.bincount(units, minlength=n_units).astype(np.int64)
     rate = counts / float(duration_s)
     median = np.full(n_units, np.nan)
@@ -104,6 +161,11 @@ def select_units(
             reasons.append(f"rate {rate[unit]:.3g} Hz < {min_rate_hz:g} Hz")
         elif median[unit] < min_median_amplitude:
             reasons.append(f"median amplitude {median[unit]:.2f} < {min_median_amplitude:g}")
+        elif noise is not None and noise[unit] > max_noise_fraction * counts[unit]:
+            reasons.append(
+                f"{noise[unit]:.0f} of its {counts[unit]} spikes expected from noise alone "
+                f"> {max_noise_fraction:g}"
+            )
         else:
             reasons.append("")
     alive = np.array([not r for r in reasons], dtype=bool)

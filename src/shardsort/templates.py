@@ -983,3 +983,61 @@ def matched_snr(
     w = np.asarray(templates, dtype=np.float64)
     norms = np.sqrt((w.reshape(len(w), int(np.prod(w.shape[1:]))) ** 2).sum(axis=1))
     return (norms / np.sqrt(np.asarray(factors, dtype=np.float64))).astype(np.float32)
+
+
+def noise_lag_correlation(
+    templates: npt.ArrayLike, noise_windows: npt.ArrayLike
+) -> npt.NDArray[np.float32]:
+    """Correlation of each template's matching score with itself one sample later,
+    on background noise.
+
+    The matching score of template ``w`` at onset ``tau`` is ``<x[tau:], w>``;
+    on noise it is a smooth random process whose lag-1 correlation ``rho``
+    sets how often it crosses a level (Rice's formula: about
+    ``sqrt(2 (1 - rho)) / (2 pi) * exp(-u^2 / 2)`` up-crossings of ``u`` SDs
+    per sample), and so how many matches pure noise gives a template at its
+    threshold (:func:`shardsort.curation.expected_noise_matches`). Measured
+    on the recording's own noise windows (band-limited, spatially
+    correlated), with the robust spread of :func:`noise_factors`.
+
+    Parameters
+    ----------
+    templates : array_like, shape (n_units, T, n_channels)
+    noise_windows : array_like, shape (n_windows, T, n_channels)
+        At least 2 windows.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_units,)
+        In [-1, 1); 1 - 1e-6 at most, 0 for all-zero templates.
+    """
+    w = np.asarray(templates, dtype=np.float64)
+    noise = np.asarray(noise_windows)
+    if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
+        raise ValueError(
+            f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
+            "the same (T, n_channels)"
+        )
+    if noise.shape[0] < 2:
+        raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
+    n_units, n_times, n_channels = w.shape
+    if n_units == 0 or n_times < 2:
+        return np.zeros(n_units, dtype=np.float32)
+    # The template without its last sample, against the window at onsets 0 and 1.
+    head = w[:, :-1].reshape(n_units, (n_times - 1) * n_channels)
+    first, second = [], []
+    for i in range(0, len(noise), 128):
+        block = noise[i : i + 128].astype(np.float64)
+        first.append(block[:, :-1].reshape(len(block), -1) @ head.T)
+        second.append(block[:, 1:].reshape(len(block), -1) @ head.T)
+    a, b = np.concatenate(first), np.concatenate(second)  # (n_windows, n_units)
+    # Robust correlation: 1 - var(a - b) / (2 var), spreads from the MAD, so
+    # that windows holding spikes do not dominate.
+    def robust_var(x):
+        return (1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)) ** 2
+
+    spread = 0.5 * (robust_var(a) + robust_var(b))
+    rho = np.zeros(n_units)
+    ok = spread > 0
+    rho[ok] = 1.0 - robust_var(a - b)[ok] / (2.0 * spread[ok])
+    return np.clip(rho, -1.0, 1.0 - 1e-6).astype(np.float32)
