@@ -17,6 +17,9 @@ on a busy machine even where the absolute times do not. Rows:
     workflow makes them (averaged noise, then ``sparsify_templates``), each
     version with the basis of its own ``prepare_templates``; ``identical``:
     the same spikes (sample and unit) before and after.
+``accumulate_templates``
+    The template-sum kernel on the same traces (random spikes, 150 units);
+    ``identical``: bit-identical sums.
 ``job``
     Per-job cost in a fresh process (every Snakemake job is one): imports,
     numba's first call, and the work of one filter job (192 or 384 channels x
@@ -219,6 +222,43 @@ def block_write_rows(reps: int) -> list[dict]:
     ]
 
 
+def template_sums_rows(reps: int, data: dict) -> list[dict]:
+    """:func:`shardsort.templates.accumulate_templates` on the deconvolution data."""
+    modules = versions("templates")
+    traces, templates, trough = data["traces"], data["templates"], data["trough"]
+    rng = np.random.default_rng(4)
+    n_spikes = traces.shape[0] // 30  # ~1,000 spikes per second of 384 channels
+    samples = rng.integers(trough, traces.shape[0] - templates.shape[1], n_spikes)
+    labels = rng.integers(0, templates.shape[0], n_spikes)
+    sums = {}
+
+    def run(name: str) -> None:
+        sums[name] = modules[name].accumulate_templates(
+            traces,
+            samples,
+            labels,
+            n_units=templates.shape[0],
+            pre_samples=trough,
+            post_samples=templates.shape[1] - trough,
+        )
+
+    best = cpu_best({name: (lambda n=name: run(n)) for name in modules}, reps)
+    identical = all(
+        np.array_equal(a, b) for a, b in zip(sums["before"], sums["after"], strict=True)
+    )
+    seconds = traces.shape[0] / RATE_HZ
+    return [
+        {
+            "kernel": "accumulate_templates",
+            "case": f"384 ch x {seconds:.1f} s, {n_spikes} spikes",
+            "before_cpu_s": best["before"],
+            "after_cpu_s": best["after"],
+            "speedup": best["before"] / best["after"],
+            "identical": identical,
+        }
+    ]
+
+
 def deconvolve_rows(reps: int, data: dict) -> list[dict]:
     modules = versions("deconvolve")
     traces, templates, trough = data["traces"], data["templates"], data["trough"]
@@ -363,7 +403,9 @@ def job_rows(data: dict) -> list[dict]:
         )
         np.save(folder / "traces.npy", data["traces"][:3000])
         for version, module in versions("deconvolve").items():
-            basis = module.prepare_templates(data["templates"], pre_samples=data["trough"])
+            basis = module.prepare_templates(
+                data["templates"], pre_samples=data["trough"]
+            )
             np.savez(folder / f"basis_{version}.npz", **basis.to_arrays())
         cases = {
             "filter:192": "filter job: 192 ch x 6.6 s",
@@ -380,7 +422,8 @@ def job_rows(data: dict) -> list[dict]:
             for name, results in timings.items():
                 runs[name] = min(results, key=lambda r: r["process_cpu_s"])
             for name in ("before", "after cold", "after warm"):
-                rows.append({"kernel": "job", "case": case, "version": name, **runs[name]})
+                row = {"kernel": "job", "case": case, "version": name}
+                rows.append({**row, **runs[name]})
     return rows
 
 
@@ -393,7 +436,8 @@ def run(ctx=None) -> list:
     traces, templates, trough = synthetic_chunk(384, 2.0, 150, seed=3)
     data = {"traces": traces, "templates": templates, "trough": trough}
     rows = filter_rows(reps) + block_write_rows(reps)
-    rows += deconvolve_rows(reps, data) + job_rows(data)
+    rows += deconvolve_rows(reps, data) + template_sums_rows(reps, data)
+    rows += job_rows(data)
     note = (
         f"Before: the kernels at commit {BASELINE[:8]}; after: this tree. Same "
         "process, same data, alternating, best CPU time; MB/s of int16 input per "

@@ -130,16 +130,19 @@ def subtract_spikes(
     half: int,
     stride: int,
 ) -> None:
-    """``objective[rows[i] - half + lag, k] -= scale[i] * cross(units[i], choice[i], lag, k)``.
+    """Subtract scaled template cross-correlations from the objective, in place.
+
+    ``objective[rows[i] - half + lag, k] -= scale[i] * cross(j, choice[i], lag, k)``
+    with ``j = units[i]``, for every lag in ``[0, 2 half]``.
 
     Only for the units ``k`` whose cross-correlation with unit ``j`` is not
     zero, ``overlap_units[overlap_start[j] : overlap_start[j + 1]]`` (the
     others would subtract exact zeros). ``cross`` holds, flat from
     ``cross_start[j]``, unit ``j``'s values for those units only, shaped
-    (n_offsets, n_lags, n_overlapping). Spikes are applied in the order of
-    :meth:`shardsort.deconvolve._Pursuit.subtract`'s interleaved groups
-    (``parity, parity + stride, ...`` for each parity) with float32
-    operations, so the result does not depend on how spikes were batched.
+    (n_offsets, n_lags, n_overlapping). Spikes are applied in interleaved
+    groups (``parity, parity + stride, ...`` for each parity, see
+    :meth:`shardsort.deconvolve._Pursuit.subtract`), each update one float32
+    product and difference, so the rounding is fixed by the spikes alone.
     """
     n_spikes = rows.shape[0]
     n_lags = 2 * half + 1

@@ -422,8 +422,11 @@ class _Pursuit:
         self.overlap_start = np.zeros(basis.n_units + 1, dtype=np.intp)
         np.cumsum(overlaps.sum(axis=1), out=self.overlap_start[1:])
         self.overlap_units = np.nonzero(overlaps)[1].astype(np.intp)
-        # Their cross-correlations, one contiguous block per unit.
-        blocks = [basis.cross[unit][..., overlaps[unit]] for unit in range(basis.n_units)]
+        # Their cross-correlations, one contiguous block per unit (at most the
+        # size of ``cross``; the per-batch update copies it replaced were larger).
+        blocks = [
+            basis.cross[unit][..., overlaps[unit]] for unit in range(basis.n_units)
+        ]
         self.cross_start = np.zeros(basis.n_units + 1, dtype=np.intp)
         np.cumsum([block.size for block in blocks], out=self.cross_start[1:])
         self.cross = np.concatenate(
