@@ -247,18 +247,26 @@ def prepare_templates(
     n_fft = sp_fft.next_fast_len(2 * n_times - 1, real=True)
     temporal_spectrum = np.conj(sp_fft.rfft(temporal, n_fft, axis=1))  # (K, F, R)
     lag_index = np.arange(-(n_times - 1), n_times) % n_fft
-    cross = np.empty((n_units, upsample, 2 * n_times - 1, n_units), dtype=np.float32)
+    cross = np.zeros((n_units, upsample, 2 * n_times - 1, n_units), dtype=np.float32)
+    support = (array != 0).any(axis=1)  # (K, C): the channels of each template
     for unit in range(n_units):
+        # Only the template's channels and the units sharing one of them:
+        # the cross-correlation with any other unit is exactly zero.
+        channels = np.flatnonzero(support[unit])
+        others = np.flatnonzero(support[:, channels].any(axis=1))
+        if others.size == 0:
+            continue
+        columns = (others[:, None] * rank + np.arange(rank)).ravel()
         # projections[f, t, k, r] = <shifted template (unit, f) at t, spatial[k, :, r]>
         # One unit at a time: all units' shifted copies at once would take
         # n_units x upsample x T x n_channels complex values (GBs at 1,024 channels).
-        shifted = _shift_templates(array[unit : unit + 1], offsets)[0]  # (U, T, C)
-        projections = (shifted @ spatial_flat).reshape(
-            upsample, n_times, n_units, rank
+        shifted = _shift_templates(array[unit : unit + 1, :, channels], offsets)[0]
+        projections = (shifted @ spatial_flat[channels][:, columns]).reshape(
+            upsample, n_times, others.size, rank
         )
-        spectrum = sp_fft.rfft(projections, n_fft, axis=1)  # (U, F, K, R)
-        summed = np.einsum("ufkr,kfr->ufk", spectrum, temporal_spectrum)
-        cross[unit] = sp_fft.irfft(summed, n_fft, axis=1)[:, lag_index]
+        spectrum = sp_fft.rfft(projections, n_fft, axis=1)  # (U, F, K', R)
+        summed = np.einsum("ufkr,kfr->ufk", spectrum, temporal_spectrum[others])
+        cross[unit][..., others] = sp_fft.irfft(summed, n_fft, axis=1)[:, lag_index]
 
     return DeconvBasis(
         spatial=np.ascontiguousarray(spatial_flat, dtype=np.float32),
