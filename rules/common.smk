@@ -28,6 +28,19 @@ NN = config["detect"]["method"] == "nn"
 NN_MODEL_DIR = nn_model_dir(config) if NN else None
 
 
+#: keep_intermediates: false deletes each bulk intermediate once its consumers are done.
+KEEP_INTERMEDIATES = config["keep_intermediates"]
+
+
+def bulk(path):
+    """A bulk intermediate (per-chunk or per-group file no user opens): temp()
+    unless keep_intermediates. The YAML sidecars of the preprocessed and
+    corrected chunks are not: the jobs read them next to the chunk without
+    declaring them (a temp() file without consumers goes at once), and the
+    report reads them."""
+    return path if KEEP_INTERMEDIATES else temp(path)
+
+
 def motion_on(recording):
     """Drift correction for this recording: the sort reads motion-corrected chunks."""
     return motion_enabled(RECORDINGS[recording], config)
@@ -200,6 +213,30 @@ def get_noise_sample_sidecars(wildcards):
     return [f"{p}.yaml" for p in get_noise_sample(wildcards)]
 
 
+_NOISE_CHUNKS = {}
+
+
+def noise_chunk_set(recording):
+    """Indices of the chunks whose filtered shards noise_stats and whitening read."""
+    if recording not in _NOISE_CHUNKS:
+        _NOISE_CHUNKS[recording] = frozenset(
+            chunks_for_segments(recording, noise_segments(recording))
+        )
+    return _NOISE_CHUNKS[recording]
+
+
+def get_filter_gate(wildcards):
+    """Filter jobs of the chunks outside the noise sample start once the
+    whitening job is done, so that each chunk's filtered shards (float32, temp)
+    are consumed by its preprocess job soon after they are written instead of
+    the whole recording being filtered first (2x the raw file on disk). The
+    gate only orders the jobs: ancient() keeps a newer whitening.h5 from
+    rerunning the filter, and the filter job does not read it."""
+    if int(wildcards.chunk) in noise_chunk_set(wildcards.recording):
+        return []
+    return ancient(f"{RESULTS}/{wildcards.recording}/preprocess/whitening.h5")
+
+
 def uncorrected_paths(recording, indices):
     return [f"{RESULTS}/{recording}/preprocess/chunks/t{i:05d}.bin" for i in indices]
 
@@ -273,10 +310,12 @@ def get_pca_sample(wildcards):
     return preprocessed_paths(recording, chunks)
 
 
-def get_uncorrected_chunks(wildcards):
-    """Every preprocessed chunk (report: their sidecars count the NaN/inf raw samples zeroed)."""
+def get_uncorrected_sidecars(wildcards):
+    """Sidecars of every preprocessed chunk (the report: they count the NaN/inf
+    raw samples zeroed). Sidecars only: the chunks themselves are temporary."""
     recording = wildcards.recording
-    return uncorrected_paths(recording, range(len(PLANS[recording].chunks)))
+    paths = uncorrected_paths(recording, range(len(PLANS[recording].chunks)))
+    return [f"{p}.yaml" for p in paths]
 
 
 def get_noise_chunks(wildcards):

@@ -30,7 +30,7 @@ rule detect:
         noise="results/{recording}/preprocess/noise.h5",
         basis="results/{recording}/detect/basis.h5",
     output:
-        peaks=temp("results/{recording}/detect/t{chunk}.npz"),
+        peaks=bulk("results/{recording}/detect/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,

@@ -9,7 +9,7 @@ rule motion_peaks:
         chunks=get_uncorrected_window("detect"),
         noise="results/{recording}/preprocess/noise.h5",
     output:
-        histogram=temp("results/{recording}/motion/peaks/t{chunk}.npz"),
+        histogram=bulk("results/{recording}/motion/peaks/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -62,7 +62,8 @@ rule correct:
         noise="results/{recording}/preprocess/noise.h5",
         motion="results/{recording}/motion/motion.h5",
     output:
-        data="results/{recording}/motion/chunks/t{chunk}.bin",
+        data=bulk("results/{recording}/motion/chunks/t{chunk}.bin"),
+        # Not temp: its consumers read it next to the chunk without declaring it.
         sidecar="results/{recording}/motion/chunks/t{chunk}.bin.yaml",
     params:
         recording=get_recording,

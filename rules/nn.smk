@@ -11,7 +11,7 @@
 
 use rule detect as detect_pass1 with:
     output:
-        peaks=temp("results/{recording}/pass1/detect/t{chunk}.npz"),
+        peaks=bulk("results/{recording}/pass1/detect/t{chunk}.npz"),
     log:
         "results/{recording}/logs/detect_pass1/t{chunk}.log",
     benchmark:
@@ -34,7 +34,7 @@ use rule cluster as cluster_pass1 with:
     input:
         spikes="results/{recording}/pass1/spikes.h5",
     output:
-        labels=temp("results/{recording}/pass1/cluster/g{group}.npz"),
+        labels=bulk("results/{recording}/pass1/cluster/g{group}.npz"),
     log:
         "results/{recording}/logs/cluster_pass1/g{group}.log",
     benchmark:
@@ -59,7 +59,7 @@ use rule template_sums as template_sums_pass1 with:
         spikes="results/{recording}/pass1/spikes.h5",
         clusters="results/{recording}/pass1/clusters.h5",
     output:
-        sums=temp("results/{recording}/pass1/templates/t{chunk}.npz"),
+        sums=bulk("results/{recording}/pass1/templates/t{chunk}.npz"),
     log:
         "results/{recording}/logs/template_sums_pass1/t{chunk}.log",
     benchmark:
@@ -74,7 +74,7 @@ use rule templates as templates_pass1 with:
         noise_chunks=get_noise_chunks,
     output:
         templates="results/{recording}/pass1/templates.h5",
-        basis=temp("results/{recording}/pass1/deconv_basis.npz"),
+        basis=bulk("results/{recording}/pass1/deconv_basis.npz"),
     log:
         "results/{recording}/logs/templates_pass1.log",
     benchmark:
@@ -137,7 +137,7 @@ rule detect_nn:
         noise="results/{recording}/preprocess/noise.h5",
         basis="results/{recording}/detect/basis.h5",
     output:
-        peaks=temp("results/{recording}/detect_nn/t{chunk}.npz"),
+        peaks=bulk("results/{recording}/detect_nn/t{chunk}.npz"),
     params:
         recording=get_recording,
         chunk=get_chunk,

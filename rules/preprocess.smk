@@ -5,9 +5,10 @@
 rule filter:
     input:
         raw=get_raw,
+        after=get_filter_gate,
     output:
-        data=temp("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32"),
-        sidecar=temp("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32.yaml"),
+        data=bulk("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32"),
+        sidecar=bulk("results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32.yaml"),
     params:
         recording=get_recording,
         chunk=get_chunk,
@@ -80,7 +81,7 @@ rule preprocess:
         noise="results/{recording}/preprocess/noise.h5",
         whitening="results/{recording}/preprocess/whitening.h5",
     output:
-        data="results/{recording}/preprocess/chunks/t{chunk}.bin",
+        data=bulk("results/{recording}/preprocess/chunks/t{chunk}.bin"),
         sidecar="results/{recording}/preprocess/chunks/t{chunk}.bin.yaml",
     params:
         recording=get_recording,

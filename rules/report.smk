@@ -9,7 +9,7 @@ rule report_overview:
         # Why a sort without units has none, and what the filter zeroed.
         spikes="results/{recording}/spikes.h5",
         templates="results/{recording}/templates.h5",
-        chunks=get_uncorrected_chunks,
+        chunk_sidecars=get_uncorrected_sidecars,
     output:
         probe_map=report(
             "results/{recording}/report/probe_map.png",

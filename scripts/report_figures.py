@@ -111,7 +111,8 @@ def no_units_reason(n_units):
 def raw_nonfinite():
     """{channel: [count, first sample]} of the NaN/inf raw samples zeroed, over all chunks."""
     total = {}
-    for path in snakemake.input.chunks:
+    for side in snakemake.input.chunk_sidecars:
+        path = side.removesuffix(".yaml")  # the chunk itself may be deleted (temp)
         for channel, (count, first) in (read_sidecar(path).get("nonfinite") or {}).items():
             n, at = total.get(int(channel), (0, first))
             total[int(channel)] = [n + int(count), min(int(at), int(first))]
