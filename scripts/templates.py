@@ -43,7 +43,8 @@ def chunk_sums():
 templates, counts = reduce_templates(chunk_sums())
 # Channels holding only averaged noise are zeroed (see sparsify_templates).
 templates = sparsify_templates(
-    templates, counts, min_fraction=cfg["sparsity_fraction"], noise_ptp=cfg["sparsity_noise_ptp"]
+    templates, counts, min_fraction=cfg["sparsity_fraction"], noise_ptp=cfg["sparsity_noise_ptp"],
+    positions_um=positions, radius_um=cfg.get("sparsity_radius_um"),
 )
 
 # Background-noise windows: how each template's matching score varies on

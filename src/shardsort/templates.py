@@ -292,6 +292,8 @@ def sparsify_templates(
     *,
     min_fraction: float = 0.1,
     noise_ptp: float = 6.0,
+    positions_um: npt.ArrayLike | None = None,
+    radius_um: float | None = None,
 ) -> npt.NDArray[np.float32]:
     """Zero the channels where a mean template is only averaged noise.
 
@@ -313,6 +315,12 @@ def sparsify_templates(
         Fraction of the largest peak-to-peak, in [0, 1).
     noise_ptp : float, optional
         Peak-to-peak of one unit-noise snippet channel (>= 0).
+    positions_um : array_like, shape (n_channels, 2), optional
+    radius_um : float, optional
+        With ``positions_um``: channels farther than this from the template's
+        peak channel are zeroed too. On a long probe a weak unit's mean keeps
+        averaged noise above the floor on a few of hundreds of distant
+        channels, which would make it look spread over the whole probe.
 
     Returns
     -------
@@ -330,7 +338,15 @@ def sparsify_templates(
     floor = np.maximum(
         min_fraction * ptp.max(axis=1), noise_ptp / np.sqrt(np.maximum(counts, 1))
     )
-    out *= (ptp >= floor[:, None])[:, None, :]
+    keep = ptp >= floor[:, None]
+    if radius_um is not None and positions_um is not None:
+        positions = _check_positions(positions_um, out.shape[2])
+        if not radius_um > 0:
+            raise ValueError(f"radius_um must be > 0, got {radius_um!r}")
+        peak = positions[ptp.argmax(axis=1)]  # (n_units, 2)
+        distance = np.linalg.norm(positions[None, :, :] - peak[:, None, :], axis=2)
+        keep &= distance <= radius_um
+    out *= keep[:, None, :]
     return out
 
 

@@ -469,6 +469,24 @@ def test_sparsify_zeroes_channels_of_averaged_noise_only():
         sparsify_templates(mean[None], [n], min_fraction=1.5)
 
 
+def test_sparsify_zeroes_channels_beyond_the_radius_from_the_peak():
+    from shardsort.templates import sparsify_templates
+
+    positions = np.stack([np.zeros(40), 20.0 * np.arange(40)], axis=1)  # 780 um long
+    unit = np.zeros((30, 40), dtype=np.float32)
+    unit[10:14, 3] = [-4.0, -8.0, -4.0, 2.0]  # peak channel at 60 um
+    unit[10:14, 5] = [-1.0, -2.0, -1.0, 0.5]  # 40 um away: kept
+    unit[10:14, 30] = [-1.0, -2.0, -1.0, 0.5]  # 540 um away: averaged noise's excursion
+    out = sparsify_templates(unit[None], [100], min_fraction=0.1, noise_ptp=6.0)
+    assert np.flatnonzero(np.abs(out[0]).max(axis=0) > 0).tolist() == [3, 5, 30]
+    near = sparsify_templates(
+        unit[None], [100], min_fraction=0.1, noise_ptp=6.0, positions_um=positions, radius_um=150.0
+    )
+    assert np.flatnonzero(np.abs(near[0]).max(axis=0) > 0).tolist() == [3, 5]
+    with pytest.raises(ValueError, match="radius_um must be > 0"):
+        sparsify_templates(unit[None], [100], positions_um=positions, radius_um=0.0)
+
+
 def test_merge_does_not_chain_through_a_noisy_bridge():
     """A small template similar to two distinct units joins the larger one
     only; the two units stay apart (star groups, not connected components)."""

@@ -40,8 +40,8 @@ def drifting_recording(tmp_path_factory):
 def sorted_with_and_without(tmp_path_factory, drifting_recording):
     """Sort without, then with drift correction in the same folder.
 
-    The second run reuses the preprocessed chunks and reruns from the motion
-    stages on. Returns the folder and the ground-truth scores without correction.
+    The second run reuses the preprocessed chunks (kept: keep_intermediates)
+    and reruns from the motion stages on. Returns the folder and the ground-truth scores without correction.
     """
     work = tmp_path_factory.mktemp("motion")
     scores = work / "results" / "drifting" / "ground_truth.tsv"
@@ -53,7 +53,8 @@ def sorted_with_and_without(tmp_path_factory, drifting_recording):
         # Targets cannot follow --config: the recordings table goes in the overrides.
         proc = run_snakemake(
             work, "--cores", "2", *targets,
-            overrides={"recordings": str(drifting_recording), "motion": {"enabled": enabled}},
+            overrides={"recordings": str(drifting_recording), "motion": {"enabled": enabled},
+                       "keep_intermediates": True},
         )
         if enabled:
             assert "rule preprocess:" not in proc.stdout + proc.stderr
@@ -64,17 +65,20 @@ def sorted_with_and_without(tmp_path_factory, drifting_recording):
 
 def test_disabled_motion_leaves_the_dag_unchanged(tmp_path, drifting_recording):
     proc = run_snakemake(tmp_path, "-n", "--cores", "2",
-                         config={"recordings": drifting_recording})
+                         config={"recordings": drifting_recording},
+                         overrides={"motion": {"enabled": False}})
     for rule in MOTION_RULES:
         assert f"rule {rule}:" not in proc.stdout, rule
     assert "results/drifting/motion" not in proc.stdout
     assert "input: results/drifting/preprocess/chunks/t00000.bin" in proc.stdout
 
 
-def test_enabled_motion_feeds_corrected_chunks_to_the_sort(tmp_path, drifting_recording):
+@pytest.mark.parametrize("enabled", [True, "auto"])
+def test_enabled_motion_feeds_corrected_chunks_to_the_sort(tmp_path, drifting_recording, enabled):
+    # auto (the default): a 32-channel Neuropixels-like probe is long enough.
     proc = run_snakemake(tmp_path, "-n", "--cores", "2",
                          config={"recordings": drifting_recording},
-                         overrides={"motion": {"enabled": True}})
+                         overrides={"motion": {"enabled": enabled}})
     for rule in MOTION_RULES:
         assert f"rule {rule}:" in proc.stdout, rule
     blocks = proc.stdout.split("\nrule ")
@@ -96,6 +100,7 @@ def test_estimated_drift_matches_the_planted_drift(sorted_with_and_without):
     truth = drift_displacement_um(SynthParams(**DRIFT), time_s, centres[0])
     error = displacement[:, 0] - (truth - truth.mean())
     assert np.abs(error).max() < 4.0, error.round(1)
+    assert np.sqrt(np.mean((error - error.mean()) ** 2)) < 2.0, error.round(1)
     table = (base / "motion" / "displacement.tsv").read_text().splitlines()
     assert table[0].startswith("time_s\tdisplacement_um_at_") and len(table) == 19
     assert (base / "report" / "motion.png").stat().st_size > 0
@@ -136,3 +141,24 @@ def test_drift_estimate_does_not_depend_on_the_chunking(tmp_path, sorted_with_an
         assert np.abs(chunked["histogram"][()] - whole["histogram"][()]).sum() <= (
             0.001 * whole["histogram"][()].sum()
         )
+
+
+def test_each_planted_unit_stays_in_one_sorted_unit(sorted_with_and_without, drifting_recording):
+    """No unit split by the drift: no second sorted unit holds a fifth of a unit's spikes."""
+    from shardsort.groundtruth import compare_sorting
+
+    base = sorted_with_and_without[0] / "results" / "drifting"
+    with h5py.File(base / "sorting.h5", "r") as f:
+        spikes = f["spikes"][()]
+        rate = float(f.attrs["sampling_rate_hz"])
+    gt = np.load(drifting_recording.with_name("drifting_gt.npz"))
+    comparison = compare_sorting(
+        gt["sample_index"], gt["unit_index"], spikes["sample_index"], spikes["unit_index"],
+        sampling_rate_hz=rate,
+    )
+    counts = comparison["match_counts"]  # (gt units, sorted units)
+    n_gt = np.bincount(gt["unit_index"], minlength=counts.shape[0])[comparison["gt_unit_ids"]]
+    holders = (counts >= 0.2 * n_gt[:, None]).sum(axis=1)
+    detected = comparison["gt"]["accuracy"] >= 0.5
+    split = comparison["gt_unit_ids"][detected & (holders > 1)]
+    assert split.size == 0, f"planted units split across sorted units: {split.tolist()}"
