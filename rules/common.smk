@@ -52,6 +52,7 @@ wildcard_constraints:
     chunk=r"\d{5}",
     shard=r"\d{3}",
     group=r"\d{4}",
+    segment=r"\d{3}",
 
 
 def chunk_ids(recording):
@@ -199,13 +200,18 @@ def get_pca_segments(wildcards):
     return [list(s) for s in pca_segments(wildcards.recording)]
 
 
+def segment_ids(recording):
+    return [f"{i:03d}" for i in range(len(noise_segments(recording)))]
+
+
 def get_noise_sample(wildcards):
-    chunks = chunks_for_segments(wildcards.recording, noise_segments(wildcards.recording))
+    """The noise segments filtered on their own (rule filter_noise_sample), not
+    the chunks holding them: the chunks are filtered only after whitening."""
     return expand(
-        "results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
+        "results/{recording}/preprocess/noise_sample/c{shard}_s{segment}.f32",
         recording=wildcards.recording,
         shard=shard_ids(wildcards.recording),
-        chunk=[f"{i:05d}" for i in chunks],
+        segment=segment_ids(wildcards.recording),
     )
 
 
@@ -213,27 +219,19 @@ def get_noise_sample_sidecars(wildcards):
     return [f"{p}.yaml" for p in get_noise_sample(wildcards)]
 
 
-_NOISE_CHUNKS = {}
-
-
-def noise_chunk_set(recording):
-    """Indices of the chunks whose filtered shards noise_stats and whitening read."""
-    if recording not in _NOISE_CHUNKS:
-        _NOISE_CHUNKS[recording] = frozenset(
-            chunks_for_segments(recording, noise_segments(recording))
-        )
-    return _NOISE_CHUNKS[recording]
+def get_segment(wildcards):
+    """A noise segment, in the form of a chunk for the filter script."""
+    start, stop = noise_segments(wildcards.recording)[int(wildcards.segment)]
+    return {"index": int(wildcards.segment), "start": int(start), "stop": int(stop)}
 
 
 def get_filter_gate(wildcards):
-    """Filter jobs of the chunks outside the noise sample start once the
-    whitening job is done, so that each chunk's filtered shards (float32, temp)
-    are consumed by its preprocess job soon after they are written instead of
-    the whole recording being filtered first (2x the raw file on disk). The
-    gate only orders the jobs: ancient() keeps a newer whitening.h5 from
-    rerunning the filter, and the filter job does not read it."""
-    if int(wildcards.chunk) in noise_chunk_set(wildcards.recording):
-        return []
+    """Filter jobs start once the whitening job is done (it and noise_stats read
+    the noise segments, filtered by their own jobs), so that each chunk's
+    filtered shards (float32, temp) are consumed by its preprocess job soon
+    after they are written instead of the whole recording being filtered first
+    (2x the raw file on disk). The gate only orders the jobs: ancient() keeps a
+    newer whitening.h5 from rerunning the filter, which does not read it."""
     return ancient(f"{RESULTS}/{wildcards.recording}/preprocess/whitening.h5")
 
 

@@ -30,6 +30,35 @@ rule filter:
         "../scripts/filter.py"
 
 
+rule filter_noise_sample:
+    """The filter of one channel shard x one noise segment (a few seconds, see
+    noise_segments), for noise_stats and whitening."""
+    input:
+        raw=get_raw,
+    output:
+        data=bulk("results/{recording}/preprocess/noise_sample/c{shard}_s{segment}.f32"),
+        sidecar=bulk("results/{recording}/preprocess/noise_sample/c{shard}_s{segment}.f32.yaml"),
+    params:
+        recording=get_recording,
+        chunk=get_segment,
+        shard=get_shard,
+        margin_samples=get_margin("filter"),
+        band=get_band,
+        sos=get_sos,
+        sample_shifts=get_sample_shifts,
+        code=CODE_VERSION,
+    resources:
+        mem_mb=get_job_mem_mb,
+    log:
+        "results/{recording}/logs/filter_noise_sample/c{shard}_s{segment}.log",
+    benchmark:
+        "results/{recording}/benchmarks/filter_noise_sample/c{shard}_s{segment}.tsv"
+    conda:
+        "../envs/shardsort.yaml"
+    script:
+        "../scripts/filter.py"
+
+
 rule noise_stats:
     input:
         filtered=get_noise_sample,
@@ -80,6 +109,10 @@ rule preprocess:
         sidecars=get_filtered_chunk_sidecars,
         noise="results/{recording}/preprocess/noise.h5",
         whitening="results/{recording}/preprocess/whitening.h5",
+    # Before the filter jobs of other chunks: the scheduler otherwise prefers
+    # jobs with the largest input (a filter job reads the raw file), and every
+    # chunk's filtered shards (float32, 2x the raw chunk) would pile up.
+    priority: 1
     output:
         data=bulk("results/{recording}/preprocess/chunks/t{chunk}.bin"),
         sidecar="results/{recording}/preprocess/chunks/t{chunk}.bin.yaml",
