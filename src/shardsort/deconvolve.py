@@ -62,10 +62,20 @@ class DeconvBasis:
         Squared norm of each low-rank template.
     offsets : ndarray of float64, shape (upsample,)
         Sub-sample shifts tried, in samples, within (-0.5, 0.5).
-    cross : ndarray of float32, shape (n_units, upsample, 2 T - 1, n_units)
-        ``cross[j, f, T - 1 + lag, k]`` is the inner product of template ``j``
-        shifted by ``offsets[f]`` with low-rank template ``k`` starting ``lag``
-        samples later.
+    cross : ndarray of float32, shape (n_values,)
+        Cross-correlations of the pairs of templates that share a channel,
+        unit by unit: :meth:`cross_block` gives unit ``j``'s values, shaped
+        (upsample, 2 T - 1, n_overlapping), whose ``[f, T - 1 + lag, i]`` is
+        the inner product of template ``j`` shifted by ``offsets[f]`` with
+        low-rank template ``k = overlap_units[overlap_start[j] + i]`` starting
+        ``lag`` samples later. Every other pair's is exactly zero (sparse
+        templates on a long probe: a few percent of the pairs).
+    cross_start : ndarray of int64, shape (n_units + 1,)
+        Where each unit's values start in ``cross``.
+    overlap_start : ndarray of int64, shape (n_units + 1,)
+        Where each unit's overlapping units start in ``overlap_units``.
+    overlap_units : ndarray of int64, shape (n_pairs,)
+        The units sharing a channel with each unit (itself included), ascending.
     pre_samples : int
         Template index of the trough.
     noise_factors : ndarray of float32, shape (n_units,)
@@ -81,6 +91,9 @@ class DeconvBasis:
     norms: npt.NDArray[np.float32]
     offsets: npt.NDArray[np.float64]
     cross: npt.NDArray[np.float32]
+    cross_start: npt.NDArray[np.int64]
+    overlap_start: npt.NDArray[np.int64]
+    overlap_units: npt.NDArray[np.int64]
     pre_samples: int
     noise_factors: npt.NDArray[np.float32] | None = None
 
@@ -115,6 +128,26 @@ class DeconvBasis:
         """Margin on each side of a chunk core that makes results chunk-free."""
         return 2 * self.n_samples
 
+    def cross_block(self, unit: int) -> npt.NDArray[np.float32]:
+        """Unit ``unit``'s cross-correlations, (upsample, 2 T - 1, n_overlapping)."""
+        n_overlapping = self.overlap_start[unit + 1] - self.overlap_start[unit]
+        return self.cross[self.cross_start[unit] : self.cross_start[unit + 1]].reshape(
+            self.offsets.size, 2 * self.n_samples - 1, n_overlapping
+        )
+
+    def dense_cross(self) -> npt.NDArray[np.float32]:
+        """All cross-correlations, (n_units, upsample, 2 T - 1, n_units), zeros included."""
+        dense = np.zeros(
+            (self.n_units, self.offsets.size, 2 * self.n_samples - 1, self.n_units),
+            dtype=np.float32,
+        )
+        for unit in range(self.n_units):
+            others = self.overlap_units[
+                self.overlap_start[unit] : self.overlap_start[unit + 1]
+            ]
+            dense[unit][..., others] = self.cross_block(unit)
+        return dense
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Return the fields as arrays, e.g. for ``numpy.savez``."""
         return {
@@ -123,19 +156,40 @@ class DeconvBasis:
             "norms": self.norms,
             "offsets": self.offsets,
             "cross": self.cross,
+            "cross_start": self.cross_start,
+            "overlap_start": self.overlap_start,
+            "overlap_units": self.overlap_units,
             "pre_samples": np.asarray(self.pre_samples, dtype=np.int64),
             "noise_factors": self.noise_factors,
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DeconvBasis:
-        """Rebuild a basis from the output of :meth:`to_arrays`."""
+        """Rebuild a basis from the output of :meth:`to_arrays`.
+
+        Also reads the dense ``cross`` (n_units, upsample, 2 T - 1, n_units)
+        of bases saved before the sparse layout.
+        """
+        cross = np.asarray(arrays["cross"], dtype=np.float32)
+        if "cross_start" in arrays:
+            sparse = {
+                "cross": cross,
+                "cross_start": np.asarray(arrays["cross_start"], dtype=np.int64),
+                "overlap_start": np.asarray(arrays["overlap_start"], dtype=np.int64),
+                "overlap_units": np.asarray(arrays["overlap_units"], dtype=np.int64),
+            }
+        else:
+            overlapping = [np.flatnonzero((c != 0).any(axis=(0, 1))) for c in cross]
+            sparse = _sparse_cross(
+                [c[..., others] for c, others in zip(cross, overlapping, strict=True)],
+                overlapping,
+            )
         return cls(
             spatial=np.asarray(arrays["spatial"], dtype=np.float32),
             temporal=np.asarray(arrays["temporal"], dtype=np.float32),
             norms=np.asarray(arrays["norms"], dtype=np.float32),
             offsets=np.asarray(arrays["offsets"], dtype=np.float64),
-            cross=np.asarray(arrays["cross"], dtype=np.float32),
+            **sparse,
             pre_samples=int(arrays["pre_samples"]),
             noise_factors=(
                 np.asarray(arrays["noise_factors"], dtype=np.float32)
@@ -148,6 +202,27 @@ class DeconvBasis:
 # ---------------------------------------------------------------------------
 # Preparation
 # ---------------------------------------------------------------------------
+
+
+def _sparse_cross(
+    blocks: list[np.ndarray], overlapping: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The flat ``cross`` of :class:`DeconvBasis` and its index, from each unit's
+    block (upsample, 2 T - 1, n_overlapping) and overlapping units."""
+    counts = [others.size for others in overlapping]
+    sizes = [block.size for block in blocks]
+    return {
+        "cross": np.concatenate(
+            [block.astype(np.float32).ravel() for block in blocks]
+            + [np.zeros(0, np.float32)]
+        ),
+        "cross_start": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "overlap_start": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "overlap_units": np.concatenate(
+            [np.asarray(others, dtype=np.int64) for others in overlapping]
+            + [np.zeros(0, np.int64)]
+        ),
+    }
 
 
 def _subsample_offsets(upsample: int) -> npt.NDArray[np.float64]:
@@ -200,7 +275,8 @@ def prepare_templates(
     Returns
     -------
     DeconvBasis
-        Memory: ``cross`` holds ``4 * n_units**2 * upsample * (2 T - 1)`` bytes.
+        Memory: ``cross`` holds ``4 * upsample * (2 T - 1)`` bytes per pair of
+        templates sharing a channel (all pairs at most).
     """
     array = np.asarray(templates, dtype=np.float64)
     if array.ndim != 3:
@@ -247,14 +323,16 @@ def prepare_templates(
     n_fft = sp_fft.next_fast_len(2 * n_times - 1, real=True)
     temporal_spectrum = np.conj(sp_fft.rfft(temporal, n_fft, axis=1))  # (K, F, R)
     lag_index = np.arange(-(n_times - 1), n_times) % n_fft
-    cross = np.zeros((n_units, upsample, 2 * n_times - 1, n_units), dtype=np.float32)
     support = (array != 0).any(axis=1)  # (K, C): the channels of each template
+    blocks, overlapping = [], []
     for unit in range(n_units):
         # Only the template's channels and the units sharing one of them:
         # the cross-correlation with any other unit is exactly zero.
         channels = np.flatnonzero(support[unit])
         others = np.flatnonzero(support[:, channels].any(axis=1))
+        overlapping.append(others)
         if others.size == 0:
+            blocks.append(np.zeros((upsample, 2 * n_times - 1, 0), np.float32))
             continue
         columns = (others[:, None] * rank + np.arange(rank)).ravel()
         # projections[f, t, k, r] = <shifted template (unit, f) at t, spatial[k, :, r]>
@@ -266,7 +344,8 @@ def prepare_templates(
         )
         spectrum = sp_fft.rfft(projections, n_fft, axis=1)  # (U, F, K', R)
         summed = np.einsum("ufkr,kfr->ufk", spectrum, temporal_spectrum[others])
-        cross[unit][..., others] = sp_fft.irfft(summed, n_fft, axis=1)[:, lag_index]
+        block = sp_fft.irfft(summed, n_fft, axis=1)[:, lag_index]
+        blocks.append(block.astype(np.float32))
 
     return DeconvBasis(
         spatial=np.ascontiguousarray(spatial_flat, dtype=np.float32),
@@ -276,7 +355,7 @@ def prepare_templates(
         ),
         norms=norms.astype(np.float32),
         offsets=offsets,
-        cross=cross,
+        **_sparse_cross(blocks, overlapping),
         pre_samples=int(pre_samples),
         noise_factors=noise_factors,
     )
@@ -424,22 +503,21 @@ class _Pursuit:
             1.0, norms, out=np.zeros_like(norms), where=norms > 0
         )
         self.objective = _initial_objective(traces, basis)
-        # Units whose templates overlap each unit's (non-zero cross-correlation):
-        # a spike changes only their objective.
-        overlaps = (basis.cross != 0).any(axis=(1, 2))
-        self.overlap_start = np.zeros(basis.n_units + 1, dtype=np.intp)
-        np.cumsum(overlaps.sum(axis=1), out=self.overlap_start[1:])
-        self.overlap_units = np.nonzero(overlaps)[1].astype(np.intp)
-        # Their cross-correlations, one contiguous block per unit (at most the
-        # size of ``cross``; the per-batch update copies it replaced were larger).
-        blocks = [
-            basis.cross[unit][..., overlaps[unit]] for unit in range(basis.n_units)
-        ]
-        self.cross_start = np.zeros(basis.n_units + 1, dtype=np.intp)
-        np.cumsum([block.size for block in blocks], out=self.cross_start[1:])
-        self.cross = np.concatenate(
-            [block.ravel() for block in blocks] + [np.zeros(0, np.float32)]
-        )
+        # A spike changes the objective of the units overlapping its own only.
+        self.cross = basis.cross
+        self.cross_start = basis.cross_start.astype(np.intp)
+        self.overlap_start = basis.overlap_start.astype(np.intp)
+        self.overlap_units = basis.overlap_units.astype(np.intp)
+        # Where each unit's own cross-correlation sits in its block (-1: none,
+        # an all-zero template).
+        self.own_index = np.full(basis.n_units, -1, dtype=np.intp)
+        for unit in range(basis.n_units):
+            others = self.overlap_units[
+                self.overlap_start[unit] : self.overlap_start[unit + 1]
+            ]
+            found = np.searchsorted(others, unit)
+            if found < others.size and others[found] == unit:
+                self.own_index[unit] = found
         self.floor = np.broadcast_to(
             threshold * basis.noise_factors, (basis.n_units,)
         ).astype(np.float32)
@@ -524,6 +602,22 @@ class _Pursuit:
             int(stride),
         )
 
+    def own_cross(
+        self,
+        units: npt.NDArray[np.intp],
+        choice: npt.NDArray[np.intp],
+        lags: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.float32]:
+        """Each spike's template (shifted) against its own low-rank template at
+        ``lags`` (indices into the 2 T - 1 lags), shape (n_spikes, n_lags)."""
+        n_lags = 2 * self.half + 1
+        n_overlap = self.overlap_start[units + 1] - self.overlap_start[units]
+        at = self.cross_start[units] + self.own_index[units]
+        index = at[:, None] + ((choice * n_lags)[:, None] + lags) * n_overlap[:, None]
+        values = self.cross[np.maximum(index, 0)]
+        values[self.own_index[units] < 0] = 0.0
+        return values
+
     def search(self, refractory_samples: int, max_iterations: int) -> list[_Batch]:
         """Accept batches of non-overlapping spikes until none explains enough."""
         last_row = self.objective.shape[0] - 1
@@ -561,9 +655,7 @@ class _Pursuit:
         moves = np.array([0, -1, 1])
         first = 0
         for rows, units, choice, amplitudes in batches:
-            own = self.basis.cross[
-                units[:, None], choice[:, None], self.half + window, units[:, None]
-            ]
+            own = self.own_cross(units, choice, self.half + window)
             own = self.objective[rows[:, None] + window, units[:, None]] + (
                 amplitudes[:, None] * own
             )

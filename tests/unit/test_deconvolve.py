@@ -264,13 +264,14 @@ def test_objective_equals_direct_inner_products(templates, basis):
 def test_cross_correlations_equal_direct_inner_products(templates, basis):
     shifted = _shift_templates(templates.astype(float), basis.offsets)
     rank = basis.rank
+    cross = basis.dense_cross()
     for first, offset_index, second, lag in [(1, 0, 2, 3), (2, 4, 2, 0), (0, 2, 4, -7)]:
         columns = slice(second * rank, (second + 1) * rank)
         low_rank = basis.temporal[:, columns] @ basis.spatial[:, columns].T
         moving = np.zeros((3 * T, 32))
         moving[T + lag : 2 * T + lag] = low_rank
         direct = np.sum(shifted[first, offset_index] * moving[T : 2 * T])
-        value = basis.cross[first, offset_index, T - 1 + lag, second]
+        value = cross[first, offset_index, T - 1 + lag, second]
         assert value == pytest.approx(direct, rel=1e-4, abs=1e-3)
 
 
@@ -282,6 +283,31 @@ def test_basis_round_trips_through_arrays(planted, basis, whole):
         planted["traces"], restored, core_start=0, core_stop=N_SAMPLES, **MATCH
     )
     np.testing.assert_array_equal(spikes, whole)
+
+
+def test_sparse_cross_skips_only_disjoint_pairs_and_reads_dense_bases(planted, whole):
+    """Templates on disjoint channels have no stored cross-correlation; a basis
+    saved with the dense (n_units, upsample, 2 T - 1, n_units) layout reads
+    back to the same matching."""
+    templates = make_templates(make_probe())
+    sparse = templates.copy()
+    sparse[0, :, 16:] = 0.0  # unit 0 on channels 0-15 only
+    sparse[4, :, :16] = 0.0  # unit 4 on channels 16-31 only
+    basis = prepare_templates(sparse, pre_samples=PRE)
+    overlapping = basis.overlap_units[basis.overlap_start[0] : basis.overlap_start[1]]
+    assert 0 in overlapping and 4 not in overlapping
+    assert basis.cross.size < basis.dense_cross().size
+    legacy = basis.to_arrays()
+    legacy["cross"] = basis.dense_cross()
+    for key in ("cross_start", "overlap_start", "overlap_units"):
+        del legacy[key]
+    restored = DeconvBasis.from_arrays(legacy)
+    np.testing.assert_array_equal(restored.dense_cross(), basis.dense_cross())
+    kwargs = dict(core_start=0, core_stop=N_SAMPLES, **MATCH)
+    np.testing.assert_array_equal(
+        deconvolve_chunk(planted["traces"], restored, **kwargs),
+        deconvolve_chunk(planted["traces"], basis, **kwargs),
+    )
 
 
 def test_empty_inputs_give_empty_tables(templates, basis):
