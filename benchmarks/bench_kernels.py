@@ -18,6 +18,8 @@ on a busy machine even where the absolute times do not. Rows:
     workflow makes them (averaged noise, then ``sparsify_templates``), each
     version with the basis of its own ``prepare_templates``; ``identical``:
     the same spikes (sample and unit) before and after.
+``prepare_templates``
+    The basis of those 150 templates (the ``templates`` job's last step).
 ``accumulate_templates``
     The template-sum kernel on the same traces (random spikes, 150 units);
     ``identical``: bit-identical sums.
