@@ -12,8 +12,9 @@ on drifting ground-truth recordings of several drift shapes (issue 14, item 4).
    ``auto``), then SpykingCircus2 and Tridesclous2 (their defaults), one after
    another with ``--n-jobs`` cores. Peer results are cached per recording spec
    and peer version (never rerun while their spikes exist); shardsort's per
-   git commit + working-tree diff of the code + configuration (``--rerun-shardsort``
-   forces a new sort).
+   git commit + configuration (``--rerun-shardsort``
+   forces a new sort). shardsort runs from a ``git archive`` of the commit
+   (HEAD when the matrix starts), not the working tree.
 3. Scores: drift-estimate error of shardsort (µm RMS against the planted
    displacement), well-detected / redundant / false-positive units, mean
    accuracy; writes ``benchmarks/results/drift.{csv,md,json}`` and
@@ -60,8 +61,6 @@ from sorters import INFO_FILE, SORTERS, SPIKES_FILE, package_version
 REPO = Path(__file__).resolve().parents[2]
 PEERS = ("spykingcircus2", "tridesclous2")
 CACHE_KEY_FILE = "cache_key.json"
-#: Paths whose content decides shardsort's result (with config/config.yaml).
-CODE_PATHS = ("Snakefile", "rules", "scripts", "src", "config", "envs")
 
 
 @dataclass(frozen=True)
@@ -144,24 +143,81 @@ def _git(*args: str) -> str:
     ).stdout
 
 
-def shardsort_code_key() -> dict:
-    """What a shardsort result depends on: commit, uncommitted changes, config."""
-    diff = _git("diff", "HEAD", "--", *CODE_PATHS)
-    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS)
-    untracked_hash = hashlib.sha256()
-    for path in sorted(untracked.split()):
-        untracked_hash.update(path.encode())
-        try:
-            untracked_hash.update((REPO / path).read_bytes())
-        except OSError:
-            pass
+def code_snapshot(work: Path, commit: str | None = None) -> tuple[Path, str]:
+    """A clean copy of the committed code (``git archive``) in ``work/code/``.
+
+    shardsort runs from it, not from the working tree, which other developers
+    may be editing while the matrix runs: a sort then reads one committed
+    state of rules, scripts, sources and ``config/config.yaml``.
+    """
+    commit = _git("rev-parse", commit or "HEAD").strip()
+    folder = work / "code" / commit[:12]
+    if not (folder / "Snakefile").exists():
+        tmp = folder.with_name(folder.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+    return folder, commit
+
+
+def shardsort_code_key(snapshot: Path, commit: str) -> dict:
+    """What a shardsort result depends on: the commit and its configuration."""
     return dict(
-        commit=_git("rev-parse", "HEAD").strip(),
-        diff=hashlib.sha256(diff.encode()).hexdigest()[:12],
-        untracked=untracked_hash.hexdigest()[:12],
-        config=hashlib.sha256((REPO / "config" / "config.yaml").read_bytes()).hexdigest()[:12],
-        dirty=bool(diff.strip() or untracked.strip()),
+        commit=commit,
+        config=hashlib.sha256((snapshot / "config" / "config.yaml").read_bytes()).hexdigest()[:12],
+        dirty=False,
     )
+
+
+def run_shardsort(
+    files: RecordingFiles, output: Path, snapshot: Path, *, n_jobs: int, timeout_s: float
+) -> Measurement:
+    """``snakemake --cores n_jobs`` of the snapshot's workflow with its
+    ``config/config.yaml`` (the defaults), its own sources first on the path."""
+    from run_peers import sorter_env
+
+    from measure import run_measured
+    from sorters import _save
+
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    env = sorter_env(n_jobs)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(snapshot / "src")] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    command = [
+        str(Path(sys.executable).parent / "snakemake"),
+        "--cores", str(n_jobs),
+        "--directory", str(output),
+        "--snakefile", str(snapshot / "Snakefile"),
+        "--configfile", str(snapshot / "config" / "config.yaml"),
+        "--config", f"recordings={files.table}",
+    ]
+    measurement = run_measured(
+        command, log_path=output / LOG_FILE, env=env, cwd=output, timeout_s=timeout_s
+    )
+    if measurement.returncode == 0:
+        import h5py
+
+        with h5py.File(output / "results" / files.name / "sorting.h5", "r") as h5:
+            spikes = h5["spikes"][...]
+        _save(
+            output,
+            spikes["sample_index"],
+            spikes["unit_index"],
+            {"sorter": "shardsort", "version": package_version("shardsort"),
+             "params": [str(snapshot / "config" / "config.yaml")]},
+        )
+    # preprocessed and corrected chunks: each as large as the recording
+    for sub in ("preprocess", "motion/chunks"):
+        shutil.rmtree(output / "results" / files.name / sub, ignore_errors=True)
+    (output / MEASUREMENT_FILE).write_text(json.dumps(asdict(measurement), indent=2) + "\n")
+    return measurement
 
 
 # ------------------------------------------------------------------ drift estimate
@@ -273,7 +329,7 @@ def _cached_measurement(output: Path) -> Measurement | None:
 
 
 def run_sorter(
-    key: str, entry: Entry, files: RecordingFiles, work: Path, args, code_key: dict
+    key: str, entry: Entry, files: RecordingFiles, work: Path, args, snapshot: tuple[Path, str]
 ) -> dict:
     """Run (or reuse) one sort and score it; a result dict (one CSV row)."""
     sorter = SORTERS[key]
@@ -299,6 +355,7 @@ def run_sorter(
         return row
     timeout_s = args.timeout_min * 60.0
     measurement = _cached_measurement(output)
+    code_key = shardsort_code_key(*snapshot)
     if sorter.is_peer:
         reuse = measurement is not None and (
             (output / SPIKES_FILE).exists() or args.score_only
@@ -318,31 +375,30 @@ def run_sorter(
         print(f"{sorter.label} on {entry.name}: cached ({output})", flush=True)
     else:
         print(f"{sorter.label} on {entry.name} ...", flush=True)
-        for attempt in range(2 if not sorter.is_peer else 1):
-            if not sorter.is_peer:
-                row_key = shardsort_code_key()
-            measurement = run_one(
-                sorter,
-                files,
-                output,
-                n_jobs=args.n_jobs,
-                timeout_s=timeout_s,
-                keep_outputs=False,
-                shardsort_configfile=None,
+        for attempt in range(1 if sorter.is_peer else 2):
+            if sorter.is_peer:
+                measurement = run_one(
+                    sorter,
+                    files,
+                    output,
+                    n_jobs=args.n_jobs,
+                    timeout_s=timeout_s,
+                    keep_outputs=False,
+                    shardsort_configfile=None,
+                )
+                break
+            measurement = run_shardsort(
+                files, output, snapshot[0], n_jobs=args.n_jobs, timeout_s=timeout_s
             )
-            # The working tree is shared with other developers: a workflow that
-            # fails at once may have been read half-edited. Try once more.
-            early = measurement.returncode != 0 and measurement.wall_s < 120.0
-            if sorter.is_peer or not early or attempt:
+            (output / CACHE_KEY_FILE).write_text(json.dumps(code_key, indent=2) + "\n")
+            # A failure within the first two minutes may be the machine's (a
+            # job killed under load): try once more.
+            if measurement.returncode == 0 or measurement.wall_s >= 120.0 or attempt:
                 break
             print(f"  failed after {measurement.wall_s:.0f} s "
-                  f"({shardsort_failure(output, files.name)}); retrying in 60 s", flush=True)
+                  f"({shardsort_failure(output, files.name)}); retrying in 30 s", flush=True)
             row["note"] = "retried once after an immediate failure"
-            time.sleep(60)
-        if not sorter.is_peer:
-            # corrected chunks: as large as the recording
-            shutil.rmtree(output / "results" / files.name / "motion" / "chunks", ignore_errors=True)
-            (output / CACHE_KEY_FILE).write_text(json.dumps(row_key, indent=2) + "\n")
+            time.sleep(30)
     status, note = run_status(measurement, output, timeout_s=timeout_s)
     if status == "failed" and not sorter.is_peer:
         note = f"exit {measurement.returncode}: {shardsort_failure(output, files.name)}"
@@ -425,7 +481,7 @@ def _cell(r: dict | None) -> str:
     )
 
 
-def markdown(rows: list[dict], entries: list[Entry], pending: list[str]) -> str:
+def markdown(rows: list[dict], entries: list[Entry], pending: list[str], note: str = "") -> str:
     def table(subset: list[Entry]) -> str:
         head = (
             "| recording | drift | estimate error (µm RMS: depth-avg / per unit) | "
@@ -505,7 +561,9 @@ def markdown(rows: list[dict], entries: list[Entry], pending: list[str]) -> str:
         )
         + ".\n"
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared (load average "
-        f"{os.getloadavg()[0]:.1f} when written). Versions: {versions}.\n\n"
+        f"{os.getloadavg()[0]:.1f} when written). Versions: {versions}.\n"
+        + (f"- {note}\n" if note else "")
+        + "\n"
         "## Tuning seeds\n\n"
         + table(tuning)
         + "\n## Held-out seeds (not used for tuning)\n\n"
@@ -516,7 +574,10 @@ def markdown(rows: list[dict], entries: list[Entry], pending: list[str]) -> str:
     return text
 
 
-def write_results(rows: list[dict], entries: list[Entry], pending: list[str], results: Path, n_jobs: int) -> None:
+def write_results(
+    rows: list[dict], entries: list[Entry], pending: list[str], results: Path, n_jobs: int,
+    note: str = "",
+) -> None:
     import csv
 
     results.mkdir(parents=True, exist_ok=True)
@@ -536,7 +597,7 @@ def write_results(rows: list[dict], entries: list[Entry], pending: list[str], re
             for u in r.get("_units", []):
                 writer.writerow(dict(recording=r["recording"], sorter=r["sorter"], **u))
     (results / "drift.md").write_text(
-        markdown(rows, entries, pending).replace("{n_jobs}", str(n_jobs))
+        markdown(rows, entries, pending, note).replace("{n_jobs}", str(n_jobs))
     )
     payload = dict(
         generated=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -572,6 +633,9 @@ def parse_args(argv):
     p.add_argument("--score-only", action="store_true",
                    help="only rebuild the tables from finished runs")
     p.add_argument("--generate-only", action="store_true")
+    p.add_argument("--note", default="", help="a line added to drift.md's header")
+    p.add_argument("--commit", default=None,
+                   help="commit whose code shardsort runs (default: HEAD when the matrix starts)")
     args = p.parse_args(argv)
     args.sorters = [s for s in args.sorters.split(",") if s]
     bad = sorted(set(args.sorters) - {"shardsort", *PEERS})
@@ -587,9 +651,8 @@ def main(argv=None) -> None:
         names = set(args.only.split(","))
         entries = [e for e in MATRIX if e.name in names]
     data = args.work / "data"
-    code_key = shardsort_code_key()
-    if code_key["dirty"]:
-        print("note: uncommitted changes in the shardsort code: shardsort is rerun", flush=True)
+    snapshot = code_snapshot(args.work, args.commit)
+    print(f"shardsort runs from {snapshot[0]} (commit {snapshot[1][:8]})", flush=True)
 
     # Order: shardsort on every recording first (tuning seeds, then held out,
     # then the wide one), then the peers; tables rewritten after each run.
@@ -617,7 +680,7 @@ def main(argv=None) -> None:
         if args.generate_only:
             continue
         try:
-            row = run_sorter(key, entry, files_of[entry.name], args.work, args, code_key)
+            row = run_sorter(key, entry, files_of[entry.name], args.work, args, snapshot)
         except Exception as error:  # keep the matrix going; record why
             row = dict(
                 recording=entry.name, held_out=entry.held_out, drift=entry.describe(),
@@ -627,8 +690,10 @@ def main(argv=None) -> None:
             print(f"  error: {row['note']}", flush=True)
         rows[(entry.name, key)] = row
         ordered = [rows[(e.name, k)] for k, e in plan if (e.name, k) in rows]
-        pending = [f"{SORTERS[k].label} on {e.name}" for k, e in plan[i + 1 :]]
-        write_results(ordered, entries, pending, args.results, args.n_jobs)
+        pending = [f"{SORTERS[k].label} on {e.name}" for k, e in plan[i + 1 :]] + [
+            f"{r['sorter']} on {r['recording']}" for r in ordered if r["status"] == "not run"
+        ]
+        write_results(ordered, entries, pending, args.results, args.n_jobs, args.note)
     print(f"matrix done in {(time.perf_counter() - started) / 60:.1f} min; "
           f"written {args.results}/drift.{{csv,md,json}}", flush=True)
 
