@@ -82,6 +82,10 @@ noise_matches = expected_noise_matches(
     thresholds, tpl["noise_lag_correlation"], n_samples=int(spec["n_samples"])
 )
 noise_matches = np.bincount(unit_mapping, weights=noise_matches, minlength=len(templates))
+unit_counts = np.bincount(spikes["unit_index"], minlength=len(templates))
+for unit in range(len(templates)):
+    log.info("unit %d: %d spikes, %.1f expected from noise alone at its threshold",
+             unit, unit_counts[unit], noise_matches[unit])
 
 # Units with too few spikes, too low a rate or a median amplitude far below 1
 # (noise templates) are removed; the survivors are renumbered 0..K-1 in the

@@ -44,7 +44,7 @@ templates, counts = reduce_templates(chunk_sums())
 # Channels holding only averaged noise are zeroed (see sparsify_templates).
 templates = sparsify_templates(
     templates, counts, min_fraction=cfg["sparsity_fraction"], noise_ptp=cfg["sparsity_noise_ptp"],
-    positions_um=positions, radius_um=cfg.get("sparsity_radius_um"),
+    positions_um=positions, radius_um=cfg["sparsity_radius_um"],
 )
 
 # Background-noise windows: how each template's matching score varies on
