@@ -84,9 +84,15 @@ def small_recording(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sorted_small(tmp_path_factory, small_recording):
-    """The small recording sorted once with --cores 2 (shared by several tests)."""
+    """The small recording sorted once with --cores 2 (shared by several tests).
+
+    It keeps its intermediates (keep_intermediates: true), so that tests of what
+    a changed setting reruns see the preprocessed chunks; the sorts of
+    test_same_result_for_cores_and_chunk_sizes run with the defaults.
+    """
     work = tmp_path_factory.mktemp("run_cores2")
-    run_snakemake(work, "--cores", "2", config={"recordings": small_recording})
+    run_snakemake(work, "--cores", "2", config={"recordings": small_recording},
+                  overrides={"keep_intermediates": True})
     return work
 
 

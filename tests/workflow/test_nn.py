@@ -23,6 +23,8 @@ NN_FAST = {
     "detect": {"method": "nn"},
     "nn": {"detector_windows": 6000, "triage_snippets": 4000, "epochs": 5},
 }
+#: The trained sort keeps its intermediates: later tests rerun parts of it.
+NN_FAST_KEPT = {**NN_FAST, "keep_intermediates": True}
 NN_DEFAULT_MODEL = {"detect": {"method": "nn", "nn_model": "default"}}
 PASS1_AND_TRAINING = {
     "detect_pass1",
@@ -64,7 +66,7 @@ def sorted_nn(tmp_path_factory, small_recording):
     """The small recording sorted with networks trained on it."""
     work = tmp_path_factory.mktemp("nn_trained")
     run_snakemake(
-        work, "--cores", "2", config={"recordings": small_recording}, overrides=NN_FAST
+        work, "--cores", "2", config={"recordings": small_recording}, overrides=NN_FAST_KEPT
     )
     return work
 
@@ -167,7 +169,7 @@ def test_training_again_gives_identical_networks(sorted_nn, small_recording, tmp
         "train_detector",
         "train_triage",
         config={"recordings": small_recording},
-        overrides=NN_FAST,
+        overrides=NN_FAST_KEPT,
     )
     for kind in ("detector", "triage"):
         first, _ = load_model(sorted_nn / "results" / "small" / "nn" / kind)

@@ -67,7 +67,56 @@ def test_outputs_exist_and_agree(sorted_small):
         assert any((base / "logs" / stage).iterdir())
 
 
-def test_same_result_for_cores_and_chunk_sizes(tmp_path, small_recording, sorted_small):
+@pytest.fixture(scope="module")
+def chunked_sorts(tmp_path_factory, small_recording):
+    """The small recording sorted with the default settings and two smaller
+    memory budgets (several chunks), one of them with --cores 1 and 2."""
+    works = {}
+    for memory, cores in ((520, "1"), (520, "2"), (600, "2")):
+        work = tmp_path_factory.mktemp(f"mem{memory}_cores{cores}")
+        run_snakemake(
+            work, "--cores", cores,
+            config={"recordings": small_recording},
+            overrides={"shards": {"max_memory_mb": memory}},
+        )
+        works[memory, cores] = work
+    return works
+
+
+#: What a default sort keeps (besides logs/ and benchmarks/).
+USER_OUTPUTS = (
+    "sorting.h5", "phy/params.py", "phy/spike_times.npy", "sorting.nwb", "metrics.tsv",
+    "ground_truth.tsv", "bad_channels.tsv", "spikes.h5", "report/probe_map.png",
+    "report/runtime.png",
+)
+#: Bulk intermediates a default sort deletes once their consumers are done.
+BULK = (
+    "preprocess/filtered", "preprocess/chunks/*.bin", "motion/chunks/*.bin", "motion/peaks",
+    "detect/t*.npz", "cluster", "templates", "deconvolve",
+)
+
+
+def test_default_sort_keeps_only_what_users_open(chunked_sorts, sorted_small, small_recording):
+    """keep_intermediates: false (default) deletes the bulk intermediates; the
+    user outputs stay; true (sorted_small) keeps them."""
+    for work in chunked_sorts.values():
+        base = work / "results" / "small"
+        for name in USER_OUTPUTS:
+            assert (base / name).exists(), name
+        for pattern in BULK:
+            left = [p for p in base.glob(pattern) if p.is_file() or any(p.iterdir())]
+            assert not left, left
+        # The report's input: the chunk sidecars stay (a few hundred bytes each).
+        assert list((base / "preprocess" / "chunks").glob("t*.bin.yaml"))
+        total = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+        raw = (small_recording.parent / "small.bin").stat().st_size
+        assert total < 0.5 * raw, (total, raw)
+    kept = sorted_small / "results" / "small"
+    assert list((kept / "preprocess" / "chunks").glob("t*.bin"))
+    assert list((kept / "deconvolve").glob("t*.npz"))
+
+
+def test_same_result_for_cores_and_chunk_sizes(chunked_sorts, sorted_small):
     """Cores never change the result; chunk lengths change amplitudes by float rounding only.
 
     The reference sort (``--cores 2``, default budget) holds the 20 s recording
@@ -76,17 +125,10 @@ def test_same_result_for_cores_and_chunk_sizes(tmp_path, small_recording, sorted
     """
     reference, _ = _spikes(sorted_small)
     runs = {}
-    for memory, cores in ((520, "1"), (520, "2"), (600, "2")):
-        work = tmp_path / f"mem{memory}_cores{cores}"
-        work.mkdir()
-        run_snakemake(
-            work, "--cores", cores,
-            config={"recordings": small_recording},
-            overrides={"shards": {"max_memory_mb": memory}},
-        )
+    for key, work in chunked_sorts.items():
         with h5py.File(work / "results" / "small" / "sorting.h5", "r") as f:
             assert '"n_chunks": 1,' not in f.attrs["plan"]
-            runs[memory, cores] = f["spikes"][()]
+            runs[key] = f["spikes"][()]
     # Same chunking, different cores: byte-identical.
     assert runs[520, "1"].tobytes() == runs[520, "2"].tobytes()
     # Different chunking: identical spike times and units; the fitted
