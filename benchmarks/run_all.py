@@ -17,6 +17,9 @@ Sections (run in this order; ``--only`` picks some):
                 median reference with and without the correction (~20 s)
 ``kernels``     filter and deconvolution kernels before/after the compiled
                 versions (issue 16), per-job cost with numba cold/warm (~1.5 min)
+``disk``        peak and final disk use of a sort as a multiple of the raw file
+                (demo with float32/int16 chunks, a 64-channel 3-min drifting
+                recording; ~15 min)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -50,6 +53,7 @@ from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import bench_detection  # noqa: E402
+import bench_disk  # noqa: E402
 import bench_kernels  # noqa: E402
 import bench_nn  # noqa: E402
 import bench_phase_shift  # noqa: E402
@@ -61,7 +65,8 @@ from benchlib import Context, Table, load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
-    "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels"
+    "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels",
+    "disk",
 )
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
@@ -72,9 +77,11 @@ TITLES = {
     "nn": "5. Network detection versus threshold (issue 8)",
     "phase_shift": "6. Neuropixels inter-sample shift (issue 18)",
     "kernels": "7. Kernel speed before/after (issue 16)",
+    "disk": "8. Disk footprint (issue 17)",
 }
 SUMMARY_ORDER = (
-    "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels"
+    "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels",
+    "disk",
 )
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
@@ -253,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_phase_shift.run(ctx)
             elif name == "kernels":
                 tables = bench_kernels.run(ctx)
+            elif name == "disk":
+                tables = bench_disk.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)
