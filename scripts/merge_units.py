@@ -110,7 +110,8 @@ for unit in np.flatnonzero(~alive):
     log.info("unit %d removed: %s", unit, selection.reasons[unit])
 renumber = np.full(n_units_in, -1, dtype=np.int32)
 renumber[alive] = np.arange(int(alive.sum()), dtype=np.int32)
-keep_spike = alive[spikes["unit_index"]] if len(spikes) else np.zeros(0, bool)
+# Spikes of removed units, and residuals of a larger unit's spikes, go.
+keep_spike = selection.keep_spike
 spikes = spikes[keep_spike]
 spikes["unit_index"] = renumber[spikes["unit_index"]]
 pc_features, spike_positions = pc_features[keep_spike], spike_positions[keep_spike]

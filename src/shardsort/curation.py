@@ -11,9 +11,13 @@ fitted template scaling) is not far below 1.
 A template can also be made of what other units leave behind: events where a
 large unit's spike differs from its template (or two units collide) leave a
 residual that a template built from such events matches. Its spikes then sit
-on another unit's spikes, far more often than chance (the other unit's rate
-times the window: about 1 %). A unit sharing more than ``max_shared_fraction``
-of its spikes with one larger unit is removed.
+on another unit's spikes, at a lag of up to a couple of milliseconds (the
+residual of the big unit's slower phases), far more often than chance (the
+other unit's rate times the window: a few %). When more than
+``max_shared_fraction`` of a unit's spikes sit on one larger unit's, those
+spikes are removed and the unit is judged again on the rest: a unit made of
+residuals goes, a real unit that also picked up a neighbour's residuals stays
+with its own spikes.
 
 Every unit is also tested against what pure noise would give it: matching a
 template at its threshold ``theta`` (squared noise SDs of its matching score)
@@ -44,6 +48,7 @@ class UnitSelection:
     rate_hz: npt.NDArray[np.float64]  # (n_units,)
     median_amplitude: npt.NDArray[np.float64]  # (n_units,), NaN without spikes
     reasons: tuple[str, ...]  # (n_units,), "" for kept units
+    keep_spike: npt.NDArray[np.bool_]  # (n_spikes,): spike of a kept unit, not a residual
 
 
 def expected_noise_matches(
@@ -80,6 +85,88 @@ def expected_noise_matches(
     return per_sample * float(n_samples)
 
 
+def _judge(units, amps, n_units, duration_s, min_spikes, min_rate_hz, min_median_amplitude,
+           noise, max_noise_fraction):
+    """Counts, rates, median amplitudes and the reason (or "") for every unit."""
+    counts = np.bincount(units, minlength=n_units).astype(np.int64)
+    rate = counts / float(duration_s)
+    median = np.full(n_units, np.nan)
+    if units.size:
+        order = np.lexsort((amps, units))
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        sorted_amps = amps[order]
+        for unit in np.flatnonzero(counts):
+            median[unit] = np.median(sorted_amps[starts[unit] : starts[unit] + counts[unit]])
+    reasons = []
+    for unit in range(n_units):
+        if counts[unit] < min_spikes:
+            reasons.append(f"{counts[unit]} spikes < {min_spikes}")
+        elif rate[unit] < min_rate_hz:
+            reasons.append(f"rate {rate[unit]:.3g} Hz < {min_rate_hz:g} Hz")
+        elif median[unit] < min_median_amplitude:
+            reasons.append(f"median amplitude {median[unit]:.2f} < {min_median_amplitude:g}")
+        elif noise is not None and noise[unit] > max_noise_fraction * counts[unit]:
+            reasons.append(
+                f"{noise[unit]:.0f} of its {counts[unit]} spikes expected from noise alone "
+                f"> {max_noise_fraction:g}"
+            )
+        else:
+            reasons.append("")
+    return counts, rate, median, reasons
+
+
+def shared_spikes(
+    sample_index: npt.ArrayLike,
+    unit_index: npt.ArrayLike,
+    eligible: npt.ArrayLike,
+    *,
+    window_samples: int,
+    max_shared_fraction: float,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Spikes that ride on one larger unit's spikes.
+
+    For every eligible unit, the eligible unit with more spikes on whose spikes
+    (within ``window_samples``) most of its spikes lie is its partner; when
+    that fraction exceeds ``max_shared_fraction`` those spikes are marked.
+
+    Returns
+    -------
+    riding : ndarray of bool, shape (n_spikes,)
+    partner : ndarray of int64, shape (n_units,)
+        The partner of each unit whose spikes were marked, else -1.
+    fraction : ndarray of float64, shape (n_units,)
+        Largest fraction of each unit's spikes on one larger unit's.
+    """
+    times = np.asarray(sample_index, dtype=np.int64)
+    units = np.asarray(unit_index, dtype=np.int64)
+    eligible = np.asarray(eligible, dtype=bool)
+    n_units = eligible.size
+    counts = np.bincount(units, minlength=n_units)
+    members = [np.flatnonzero(units == unit) for unit in range(n_units)]
+    members = [m[np.argsort(times[m], kind="stable")] for m in members]
+    riding = np.zeros(times.size, dtype=bool)
+    partner = np.full(n_units, -1, dtype=np.int64)
+    fraction = np.zeros(n_units)
+    for unit in np.flatnonzero(eligible & (counts > 0)):
+        own = times[members[unit]]
+        best, best_near = 0.0, None
+        for other in np.flatnonzero(eligible & (counts > counts[unit])):
+            theirs = times[members[other]]
+            right = np.searchsorted(theirs, own)
+            near = np.zeros(own.size, dtype=bool)
+            for k in (right - 1, right):
+                ok = (k >= 0) & (k < theirs.size)
+                near[ok] |= np.abs(theirs[k[ok]] - own[ok]) <= window_samples
+            share = float(near.mean())
+            if share > best:
+                best, best_near, best_other = share, near, int(other)
+        fraction[unit] = best
+        if best > max_shared_fraction:
+            riding[members[unit][best_near]] = True
+            partner[unit] = best_other
+    return riding, partner, fraction
+
+
 def select_units(
     unit_index: npt.ArrayLike,
     amplitude: npt.ArrayLike,
@@ -110,10 +197,11 @@ def select_units(
     min_spikes, min_rate_hz, min_median_amplitude
         Thresholds; a unit must reach all three.
     sample_index : array_like of int, shape (n_spikes,), optional
-        Spike times; with it, a unit passing the thresholds is still removed
-        when more than ``max_shared_fraction`` of its spikes lie within
-        ``shared_window_samples`` of spikes of one other unit that passes them
-        and has more spikes.
+        Spike times; with it, when more than ``max_shared_fraction`` of a
+        passing unit's spikes lie within ``shared_window_samples`` of spikes of
+        one other passing unit with more spikes (:func:`shared_spikes`), those
+        spikes are dropped (``keep_spike``) and the unit is judged again on
+        the rest.
     shared_window_samples : int
     max_shared_fraction : float
     expected_noise : array_like, shape (n_units,), optional
@@ -144,34 +232,13 @@ def select_units(
         noise = np.asarray(expected_noise, dtype=np.float64)
         if noise.shape != (n_units,):
             raise ValueError(f"expected_noise must have shape ({n_units},), got {noise.shape}")
-    counts = np.bincount(units, minlength=n_units).astype(np.int64)
-    rate = counts / float(duration_s)
-    median = np.full(n_units, np.nan)
-    if units.size:
-        order = np.lexsort((amps, units))
-        starts = np.r_[0, np.cumsum(counts)[:-1]]
-        sorted_amps = amps[order]
-        for unit in np.flatnonzero(counts):
-            median[unit] = np.median(sorted_amps[starts[unit] : starts[unit] + counts[unit]])
-    reasons = []
-    for unit in range(n_units):
-        if counts[unit] < min_spikes:
-            reasons.append(f"{counts[unit]} spikes < {min_spikes}")
-        elif rate[unit] < min_rate_hz:
-            reasons.append(f"rate {rate[unit]:.3g} Hz < {min_rate_hz:g} Hz")
-        elif median[unit] < min_median_amplitude:
-            reasons.append(f"median amplitude {median[unit]:.2f} < {min_median_amplitude:g}")
-        elif noise is not None and noise[unit] > max_noise_fraction * counts[unit]:
-            reasons.append(
-                f"{noise[unit]:.0f} of its {counts[unit]} spikes expected from noise alone "
-                f"> {max_noise_fraction:g}"
-            )
-        else:
-            reasons.append("")
+    keep_spike = np.ones(units.size, dtype=bool)
+    counts, rate, median, reasons = _judge(
+        units, amps, n_units, duration_s, min_spikes, min_rate_hz, min_median_amplitude,
+        noise, max_noise_fraction,
+    )
     alive = np.array([not r for r in reasons], dtype=bool)
     if sample_index is not None and max_shared_fraction < 1.0 and alive.sum() > 1:
-        from shardsort.templates import refractory_conflicts
-
         times = np.asarray(sample_index, dtype=np.int64)
         if times.shape != units.shape:
             raise ValueError(
@@ -182,20 +249,27 @@ def select_units(
             raise ValueError(
                 f"shared_window_samples must be >= 0, got {shared_window_samples}"
             )
-        labels = np.where(alive[units], units, -1)
-        shared, _ = refractory_conflicts(
-            times, labels, n_units,
-            duration_samples=max(int(times.max()) + 1, 1),
-            min_lag_samples=0, max_lag_samples=shared_window_samples,
+        # Spikes of a unit that sit on one larger unit's spikes far more often
+        # than chance are that unit's residuals: they go, and the unit is
+        # judged again on what is left (a real unit that also picked up a
+        # neighbour's residuals stays; a unit made of residuals goes).
+        riding, partners, fractions = shared_spikes(
+            times, units, alive, window_samples=shared_window_samples,
+            max_shared_fraction=max_shared_fraction,
         )
-        fraction = shared / np.maximum(counts, 1)[:, None]
-        larger = counts[None, :] > counts[:, None]
-        fraction[~(larger & alive[None, :])] = 0.0
-        for unit in np.flatnonzero(alive & (fraction.max(axis=1) > max_shared_fraction)):
-            partner = int(fraction[unit].argmax())
-            reasons[unit] = (
-                f"{fraction[unit, partner]:.0%} of its spikes on unit {partner}'s "
+        keep_spike = alive[units] & ~riding
+        counts_left, rate, median, reasons_left = _judge(
+            units[keep_spike], amps[keep_spike], n_units, duration_s, min_spikes,
+            min_rate_hz, min_median_amplitude, noise, max_noise_fraction,
+        )
+        for unit in np.flatnonzero(alive & (partners >= 0)):
+            shared = (
+                f"{fractions[unit]:.0%} of its spikes on unit {partners[unit]}'s "
                 f"> {max_shared_fraction:.0%}"
             )
+            reasons[unit] = f"{shared}, then {reasons_left[unit]}" if reasons_left[unit] else ""
         alive = np.array([not r for r in reasons], dtype=bool)
-    return UnitSelection(alive, counts, rate, median, tuple(reasons))
+        counts = counts_left
+    if units.size:
+        keep_spike &= alive[units]
+    return UnitSelection(alive, counts, rate, median, tuple(reasons), keep_spike)
