@@ -39,6 +39,7 @@ referenced = common_reference(
     good_mask=good,
     radius_um=pre["reference_radius_um"],
     inner_radius_um=pre["reference_inner_radius_um"],
+    groups=spec["shank_ids"] or None,  # one global median per shank
 )
 scales = robust_noise_scale(referenced)
 scales = np.where(good & (scales > 0), scales, 1.0).astype(np.float32)

@@ -29,6 +29,7 @@ out = apply_preprocessing(
     good_mask=good,
     radius_um=pre["reference_radius_um"],
     inner_radius_um=pre["reference_inner_radius_um"],
+    groups=spec["shank_ids"] or None,  # one global median per shank
     output_dtype=pre["output_dtype"],
     int16_scale=int16_scale,
 )
@@ -45,4 +46,8 @@ if int16_scale is not None:
 write_array(
     snakemake.output.data, out, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
 )
-log.info("chunk %d [%d, %d): %s", chunk["index"], chunk["start"], chunk["stop"], out.dtype)
+n_shanks = len(set(spec["shank_ids"]))
+log.info("chunk %d [%d, %d): %s, reference %s%s", chunk["index"], chunk["start"],
+         chunk["stop"], out.dtype, pre["reference"],
+         f" per shank ({n_shanks} shanks)" if n_shanks > 1 and pre["reference"] == "global"
+         else "")

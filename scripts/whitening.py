@@ -33,6 +33,7 @@ if pre["whiten"]:
         good_mask=good,
         radius_um=pre["reference_radius_um"],
         inner_radius_um=pre["reference_inner_radius_um"],
+        groups=spec["shank_ids"] or None,  # one global median per shank
     )
     scaled = referenced / noise["scales_uv"][None, :]
     scaled[:, ~good] = 0.0

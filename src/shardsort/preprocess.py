@@ -84,6 +84,20 @@ def _as_good_mask(good_mask: npt.ArrayLike | None, n_channels: int) -> np.ndarra
     return mask
 
 
+def _as_groups(groups: npt.ArrayLike | None, n_channels: int) -> np.ndarray | None:
+    if groups is None:
+        return None
+    array = np.asarray(groups)
+    if array.size == 0:
+        return None
+    if array.shape != (n_channels,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"groups must be an integer array of shape ({n_channels},), "
+            f"got {array.dtype} {array.shape}"
+        )
+    return array
+
+
 def _check_int(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -713,6 +727,7 @@ def common_reference(
     good_mask: npt.ArrayLike | None = None,
     radius_um: float | None = None,
     inner_radius_um: float = 0.0,
+    groups: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32]:
     """Subtract a median reference taken over good channels.
 
@@ -735,23 +750,37 @@ def common_reference(
         Outer radius ('local' only), ``> 0``.
     inner_radius_um : float, optional
         Inner radius ('local' only), ``0 <= inner_radius_um < radius_um``.
+    groups : array_like of int, shape (n_channels,), optional
+        Group (shank) of each channel ('global' only): each group's channels
+        are referenced to the median over that group's good channels. None
+        or a single group: one median over all good channels.
 
     Returns
     -------
     ndarray of float32, shape (n_samples, n_channels)
         Referenced traces. A channel without good reference channels (all
-        channels in 'global' mode) is returned unreferenced.
+        channels of its group in 'global' mode) is returned unreferenced.
     """
     traces = _as_traces(traces)
     if mode not in REFERENCE_MODES:
         raise ValueError(f"mode must be one of {REFERENCE_MODES}, got {mode!r}")
     n_channels = traces.shape[1]
     good = _as_good_mask(good_mask, n_channels)
+    group_of = _as_groups(groups, n_channels)
     if mode != "local":
         out = np.array(traces, dtype=np.float32, order="C")
-        if mode == "global" and good.any():
-            reference = out if good.all() else out[:, good]
-            out -= _median(reference, axis=1)[:, None]
+        if mode != "global":
+            return out
+        if group_of is None or np.unique(group_of).size < 2:
+            if good.any():
+                reference = out if good.all() else out[:, good]
+                out -= _median(reference, axis=1)[:, None]
+            return out
+        for g in np.unique(group_of):
+            members = group_of == g
+            sources = np.flatnonzero(members & good)
+            if sources.size:
+                out[:, members] -= _median(out[:, sources], axis=1)[:, None]
         return out
 
     positions = _as_positions(positions_um, n_channels)
@@ -806,6 +835,7 @@ def apply_preprocessing(
     inner_radius_um: float = 0.0,
     output_dtype: str = "float32",
     int16_scale: float | None = None,
+    groups: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.int16]:
     """Common reference, unit-noise scaling, whitening; bad channels set to 0.
 
@@ -821,7 +851,7 @@ def apply_preprocessing(
         ``radius_um``, ``inner_radius_um``).
     whitening : array_like, shape (n_channels, n_channels), optional
         ``W`` from :func:`local_whitening_matrix`, applied as ``x @ W.T``.
-    positions_um, good_mask, radius_um, inner_radius_um
+    positions_um, good_mask, radius_um, inner_radius_um, groups
         Passed to :func:`common_reference`; ``good_mask`` also selects the
         channels kept (others are set to 0).
     output_dtype : {'float32', 'int16'}, optional
@@ -863,6 +893,7 @@ def apply_preprocessing(
         good_mask=good,
         radius_um=radius_um,
         inner_radius_um=inner_radius_um,
+        groups=groups,
     )
     out /= np.where(scales > 0, scales, np.float32(1.0))
     if whitening is not None:

@@ -491,6 +491,38 @@ def test_local_reference_removes_per_shank_signals() -> None:
     assert global_.std() > 10.0  # one median cannot remove two shank signals
 
 
+def test_global_reference_per_shank() -> None:
+    """groups: one median over each shank's good channels; one group = no groups."""
+    rng = np.random.default_rng(15)
+    shank_signals = 50.0 * rng.standard_normal((4000, 4))
+    groups = np.repeat([3, 0, 2, 1], 8)  # any ids, shank blocks
+    traces = rng.standard_normal((4000, 32)) + np.repeat(shank_signals, 8, axis=1)
+    per_shank = common_reference(traces, mode="global", groups=groups)
+    assert per_shank.std() < 1.1
+    assert common_reference(traces, mode="global").std() > 10.0
+    # Exact: the median of each shank's good channels only.
+    good = np.ones(32, dtype=bool)
+    good[[1, 9, 10]] = False
+    out = common_reference(traces, mode="global", good_mask=good, groups=groups)
+    for g in np.unique(groups):
+        members = groups == g
+        reference = np.median(traces[:, members & good], axis=1)
+        np.testing.assert_allclose(
+            out[:, members], traces[:, members] - reference[:, None], atol=1e-4
+        )
+    # A shank without good channels is left unreferenced.
+    out = common_reference(traces, mode="global", good_mask=groups != 2, groups=groups)
+    np.testing.assert_array_equal(out[:, groups == 2], traces[:, groups == 2].astype(np.float32))
+    # One shank (or none given) is byte-identical to the plain global median.
+    plain = common_reference(traces, mode="global", good_mask=good)
+    for same in (None, np.zeros(32, int), ()):
+        np.testing.assert_array_equal(
+            common_reference(traces, mode="global", good_mask=good, groups=same), plain
+        )
+    with pytest.raises(ValueError, match=r"groups must be an integer array of shape \(32,\)"):
+        common_reference(traces, mode="global", groups=np.zeros(31, int))
+
+
 def test_reference_none_is_a_float32_copy() -> None:
     traces = np.arange(12, dtype=np.int16).reshape(4, 3)
     out = common_reference(traces, mode="none")
