@@ -28,6 +28,13 @@ Three stages fix that, each a pure kernel here:
    sample and its absolute index, so corrected chunks equal a whole-array
    correction exactly.
 
+Multi-shank probes: the shanks of one probe need not move together, so
+``motion_peaks`` histograms the peaks of each shank (by main channel) apart,
+:func:`estimate_motion_per_shank` registers each shank on its own (rigid or
+non-rigid windows per shank), and :func:`channel_displacement` /
+:func:`correct_motion` move each shank's channels by their own shank's
+displacement, kriging from that shank's channels only.
+
 Sign convention: ``displacement[t] > 0`` means that at time bin ``t`` the
 units appear that many micrometres higher up the probe (larger ``y``) than
 their reference position, the average over the recording (each depth window's
@@ -583,6 +590,70 @@ def estimate_motion(
     return displacement, centres
 
 
+def estimate_motion_per_shank(
+    histograms: npt.ArrayLike,
+    *,
+    shanks: npt.ArrayLike,
+    channel_shank_ids: npt.ArrayLike,
+    channel_depths_um: npt.ArrayLike,
+    **kwargs,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """:func:`estimate_motion` on each shank of a multi-shank probe on its own.
+
+    Shanks of one probe need not move together (the brain tilts, a shank
+    bends); each shank's displacement is estimated from the peaks whose main
+    channel is on it, placing its depth windows (and ``edge_um``) on its own
+    channels' depths.
+
+    Parameters
+    ----------
+    histograms : array_like, shape (n_shanks, n_time_bins, n_depth_bins)
+        One summed :func:`peak_histogram` per shank, in the order of ``shanks``.
+    shanks : array_like of int, shape (n_shanks,)
+        Shank id of each histogram.
+    channel_shank_ids : array_like of int, shape (n_channels,)
+        Shank of each channel.
+    channel_depths_um : array_like, shape (n_channels,)
+        Depth (y) of each channel.
+    **kwargs
+        ``depth_um``, ``bin_um``, ``max_displacement_um`` and the optional
+        arguments of :func:`estimate_motion`.
+
+    Returns
+    -------
+    displacement_um : ndarray of float64, shape (n_time_bins, n_windows)
+        The windows of all shanks, shank after shank (one per shank when rigid).
+    window_centres_um : ndarray of float64, shape (n_windows,)
+        Increasing within each shank.
+    window_shank : ndarray of int64, shape (n_windows,)
+        Shank id of each window.
+    """
+    hist = np.asarray(histograms, dtype=np.float64)
+    ids = np.asarray(shanks).astype(np.int64)
+    channel_shanks = np.asarray(channel_shank_ids).astype(np.int64)
+    depths = np.asarray(channel_depths_um, dtype=np.float64)
+    if hist.ndim != 3 or hist.shape[0] != len(ids) or len(ids) == 0:
+        raise ValueError(
+            f"histograms must have shape (n_shanks={len(ids)} >= 1, n_time_bins, "
+            f"n_depth_bins), got {hist.shape}"
+        )
+    if channel_shanks.shape != depths.shape or depths.ndim != 1:
+        raise ValueError(
+            "channel_shank_ids and channel_depths_um must be 1-D of equal length, got "
+            f"shapes {channel_shanks.shape} and {depths.shape}"
+        )
+    parts, centres, owners = [], [], []
+    for shank, shank_hist in zip(ids, hist):
+        on_shank = depths[channel_shanks == shank]
+        if on_shank.size == 0:
+            raise ValueError(f"shank {shank} has no channel in channel_shank_ids")
+        disp, cent = estimate_motion(shank_hist, channel_depths_um=on_shank, **kwargs)
+        parts.append(disp)
+        centres.append(cent)
+        owners.append(np.full(len(cent), shank, dtype=np.int64))
+    return np.concatenate(parts, axis=1), np.concatenate(centres), np.concatenate(owners)
+
+
 # ---------------------------------------------------------------------------
 # Per chunk: correction
 # ---------------------------------------------------------------------------
@@ -592,10 +663,16 @@ def channel_displacement(
     displacement_um: npt.ArrayLike,
     window_centres_um: npt.ArrayLike,
     channel_depths_um: npt.ArrayLike,
+    *,
+    window_shank: npt.ArrayLike | None = None,
+    channel_shank_ids: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float64]:
     """Displacement of every channel per time bin, interpolated between windows.
 
     Linear in depth between window centres, constant beyond the outermost ones.
+    With ``window_shank`` and ``channel_shank_ids`` (multi-shank probes,
+    :func:`estimate_motion_per_shank`) each channel reads only its own
+    shank's windows.
 
     Returns
     -------
@@ -604,6 +681,29 @@ def channel_displacement(
     disp = np.asarray(displacement_um, dtype=np.float64)
     centres = np.asarray(window_centres_um, dtype=np.float64)
     depths = np.asarray(channel_depths_um, dtype=np.float64)
+    if window_shank is not None and channel_shank_ids is not None:
+        owners = np.asarray(window_shank).astype(np.int64)
+        channel_shanks = np.asarray(channel_shank_ids).astype(np.int64)
+        if owners.shape != centres.shape or channel_shanks.shape != depths.shape:
+            raise ValueError(
+                f"window_shank must have shape {centres.shape} and channel_shank_ids "
+                f"{depths.shape}, got {owners.shape} and {channel_shanks.shape}"
+            )
+        if disp.ndim != 2 or disp.shape[1] != len(centres):
+            raise ValueError(
+                f"displacement_um must have shape (n_time_bins, {len(centres)}), "
+                f"got {disp.shape}"
+            )
+        out = np.zeros((disp.shape[0], len(depths)))
+        for shank in np.unique(channel_shanks):
+            mine = owners == shank
+            if not np.any(mine):
+                raise ValueError(f"no displacement window for shank {shank}")
+            on_shank = channel_shanks == shank
+            out[:, on_shank] = channel_displacement(
+                disp[:, mine], centres[mine], depths[on_shank]
+            )
+        return out
     if disp.ndim != 2 or disp.shape[1] != len(centres) or len(centres) == 0:
         raise ValueError(
             f"displacement_um must have shape (n_time_bins, {len(centres)}) with at "
@@ -630,6 +730,7 @@ def interpolation_matrix(
     sigma_um: float,
     good_mask: npt.ArrayLike | None = None,
     border: str = "nearest",
+    shank_ids: npt.ArrayLike | None = None,
 ) -> sparse.csr_matrix:
     """Sparse kriging matrix that reads each channel at its displaced position.
 
@@ -653,6 +754,10 @@ def interpolation_matrix(
         the row pitch) is read at the nearest depth inside it (``"nearest"``:
         a unit near the end stays visible, smeared over the end rows) or set
         to zero (``"zero"``: those channels go blank while they are out).
+    shank_ids : array_like of int, shape (n_channels,), optional
+        Multi-shank probes: a channel is read from its own shank's channels
+        only, within its own shank's depth range. (Shanks
+        ``SHANK_SEPARATION_UM`` apart are beyond the kernel's support anyway.)
 
     Returns
     -------
@@ -670,17 +775,28 @@ def interpolation_matrix(
     good = _check_good(good_mask, n_channels)
     if border not in BORDER_MODES:
         raise ValueError(f"border must be one of {BORDER_MODES}, got {border!r}")
-    low, high = _probe_extent(positions)
+    shanks = np.zeros(n_channels, dtype=np.int64)
+    if shank_ids is not None and np.size(shank_ids):
+        shanks = np.asarray(shank_ids).astype(np.int64)
+        if shanks.shape != (n_channels,):
+            raise ValueError(
+                f"shank_ids must have shape ({n_channels},), got {shanks.shape}"
+            )
+    low = np.empty(n_channels)
+    high = np.empty(n_channels)
+    for shank in np.unique(shanks):
+        on_shank = shanks == shank
+        low[on_shank], high[on_shank] = _probe_extent(positions[on_shank])
     target = positions.copy()
     target[:, 1] += shift
     inside = (target[:, 1] >= low - 1e-9) & (target[:, 1] <= high + 1e-9)
     if border == "nearest":
         target[:, 1] = np.clip(target[:, 1], low, high)
         inside[:] = True
-    sources = np.flatnonzero(good)
     support = KRIGING_SUPPORT_SIGMAS * sigma
     rows, cols, vals = [], [], []
     for i in np.flatnonzero(good & inside):
+        sources = np.flatnonzero(good & (shanks == shanks[i]))
         d2 = np.sum((positions[sources] - target[i]) ** 2, axis=1)
         near = sources[d2 <= support**2]
         if len(near) == 0:
@@ -715,6 +831,7 @@ def correct_motion(
     sigma_um: float,
     good_mask: npt.ArrayLike | None = None,
     border: str = "nearest",
+    shank_ids: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32]:
     """Move the traces of samples ``[start_sample, start_sample + n)`` back by their drift.
 
@@ -737,7 +854,7 @@ def correct_motion(
         (:func:`channel_displacement`).
     bin_samples : int
         Samples per time bin (>= 1).
-    positions_um, sigma_um, good_mask, border
+    positions_um, sigma_um, good_mask, border, shank_ids
         As in :func:`interpolation_matrix`.
 
     Returns
@@ -772,7 +889,8 @@ def correct_motion(
     def matrix(b: int) -> sparse.csr_matrix:
         if b not in matrices:
             matrices[b] = interpolation_matrix(
-                positions_um, disp[b], sigma_um=sigma_um, good_mask=good_mask, border=border
+                positions_um, disp[b], sigma_um=sigma_um, good_mask=good_mask,
+                border=border, shank_ids=shank_ids,
             )
         return matrices[b]
 

@@ -377,6 +377,7 @@ def motion_figure(
     window_centres_um: npt.ArrayLike,
     *,
     bin_s: float,
+    labels: list[str] | None = None,
 ) -> Figure:
     """Drift estimate: peak depth histogram per time bin and the displacement.
 
@@ -391,6 +392,9 @@ def motion_figure(
     window_centres_um : array_like, shape (n_windows,)
     bin_s : float
         Length of a time bin.
+    labels : list of str, optional
+        Legend entry of each window (default: its depth, or "rigid"); e.g.
+        the shank of each window on multi-shank probes.
 
     Returns
     -------
@@ -428,7 +432,8 @@ def motion_figure(
     colours = unit_colors(np.arange(len(centres)))
     for k, centre in enumerate(centres):
         ax.plot(times, centre + disp[:, k], color=colours[k], linewidth=1.5,
-                label=f"window at {centre:.0f} µm" if len(centres) > 1 else "rigid")
+                label=labels[k] if labels is not None
+                else f"window at {centre:.0f} µm" if len(centres) > 1 else "rigid")
     ax.legend(loc="upper right", fontsize=7, ncols=min(len(centres), 4))
     return fig
 

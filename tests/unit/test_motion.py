@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shardsort.detect import nearest_neighbours, neighbour_mask
+from shardsort.io.geometry import SHANK_SEPARATION_UM, separate_shanks
 from shardsort.motion import (
     WEIGHT_SCALE,
     channel_displacement,
@@ -13,6 +14,7 @@ from shardsort.motion import (
     depth_bin_edges,
     depth_windows,
     estimate_motion,
+    estimate_motion_per_shank,
     interpolation_matrix,
     localized_peaks,
     pairwise_shifts,
@@ -392,3 +394,111 @@ def test_empty_and_malformed_traces():
         correct_motion(np.zeros((5, 3), np.float32), **kwargs)
     with pytest.raises(ValueError, match="start_sample must be >= 0"):
         correct_motion(np.zeros((5, 4), np.float32), **{**kwargs, "start_sample": -1})
+
+
+# ---------------------------------------------------------------------------
+# Multi-shank probes: one drift per shank
+# ---------------------------------------------------------------------------
+
+
+def _two_shanks(n_per_shank=64):
+    """Two neuropixels-like shanks side by side, as the sort places them."""
+    one = neuropixels_like_geometry(n_per_shank)
+    shank_ids = np.repeat([0, 1], n_per_shank)
+    positions = separate_shanks(np.concatenate([one, one + [250.0, 0.0]]), shank_ids)
+    return positions, shank_ids
+
+
+def test_two_shanks_drifting_differently_are_each_recovered():
+    n_bins = 30
+    duration = n_bins * BIN_SAMPLES / RATE
+    drifts = [
+        lambda t, d: 30.0 * t / duration + 0.0 * d,  # shank 0 moves up 30 um
+        lambda t, d: np.where(t >= duration / 2, -20.0, 0.0) + 0.0 * d,  # shank 1 steps down
+    ]
+    positions, shank_ids = _two_shanks()
+    hists = []
+    for seed, drift in enumerate(drifts):
+        samples, y, amp = _planted_peaks(drift, n_bins=n_bins, seed=seed)
+        hist, depth = _histogram(samples, y, amp, positions, n_bins)
+        hists.append(hist)
+    kwargs = dict(depth_um=depth, bin_um=5.0, max_displacement_um=100.0)
+    estimate, centres, window_shank = estimate_motion_per_shank(
+        np.stack(hists), shanks=[0, 1], channel_shank_ids=shank_ids,
+        channel_depths_um=positions[:, 1], **kwargs,
+    )
+    assert estimate.shape == (n_bins, 2)
+    np.testing.assert_array_equal(window_shank, [0, 1])
+    time_s = (np.arange(n_bins) + 0.5) * BIN_SAMPLES / RATE
+    for k, drift in enumerate(drifts):
+        truth = _centred(drift(time_s, 0.0))
+        rms = np.sqrt(np.mean((estimate[:, k] - truth) ** 2))
+        assert rms < 2.0, (k, rms)
+        # Each shank alone gives the same as estimate_motion on its histogram.
+        alone, _ = estimate_motion(hists[k], channel_depths_um=positions[:, 1], **kwargs)
+        np.testing.assert_array_equal(alone[:, 0], estimate[:, k])
+    # One estimate for the whole probe cannot follow both shanks.
+    whole, _ = estimate_motion(sum(hists), channel_depths_um=positions[:, 1], **kwargs)
+    errors = [np.sqrt(np.mean((whole[:, 0] - _centred(drift(time_s, 0.0))) ** 2))
+              for drift in drifts]
+    assert max(errors) > 5.0, errors
+
+    # Non-rigid: each shank's own windows, increasing depths within a shank.
+    nonrigid, centres, window_shank = estimate_motion_per_shank(
+        np.stack(hists), shanks=[0, 1], channel_shank_ids=shank_ids,
+        channel_depths_um=positions[:, 1], rigid=False, window_step_um=200.0,
+        window_sigma_um=100.0, **kwargs,
+    )
+    np.testing.assert_array_equal(window_shank, [0, 0, 0, 1, 1, 1])
+    assert nonrigid.shape == (n_bins, 6)
+    for k, drift in enumerate(drifts):
+        truth = _centred(drift(time_s, 0.0))
+        assert np.abs(nonrigid[:, window_shank == k] - truth[:, None]).max() < 4.0
+    with pytest.raises(ValueError, match="shank 5 has no channel"):
+        estimate_motion_per_shank(np.stack(hists), shanks=[0, 5], channel_shank_ids=shank_ids,
+                                  channel_depths_um=positions[:, 1], **kwargs)
+
+
+def test_channel_displacement_per_shank():
+    disp = np.array([[1.0, 0.0, 10.0], [2.0, 4.0, -4.0]])
+    out = channel_displacement(
+        disp, [50.0, 100.0, 200.0], [0.0, 150.0, 0.0, 150.0, 300.0],
+        window_shank=[3, 7, 7], channel_shank_ids=[3, 3, 7, 7, 7],
+    )
+    np.testing.assert_allclose(out, [[1.0, 1.0, 0.0, 5.0, 10.0], [2.0, 2.0, 4.0, 0.0, -4.0]])
+    with pytest.raises(ValueError, match="no displacement window for shank 9"):
+        channel_displacement(disp, [50.0, 100.0, 200.0], [0.0], window_shank=[3, 7, 7],
+                             channel_shank_ids=[9])
+
+
+def test_kriging_never_mixes_shanks():
+    positions, shank_ids = _two_shanks(32)
+    assert positions[32:, 0].min() - positions[:32, 0].max() > SHANK_SEPARATION_UM
+    shift = np.r_[np.full(32, 13.0), np.full(32, -7.0)]
+    plain = interpolation_matrix(positions, shift, sigma_um=20.0).toarray()
+    # The shanks are far beyond the kernel's support: exactly zero across them.
+    assert not plain[:32, 32:].any() and not plain[32:, :32].any()
+    by_shank = interpolation_matrix(positions, shift, sigma_um=20.0, shank_ids=shank_ids)
+    np.testing.assert_array_equal(by_shank.toarray(), plain)
+    # Each shank is corrected by its own displacement, as if it were alone.
+    rng = np.random.default_rng(4)
+    traces = rng.standard_normal((500, 64)).astype(np.float32)
+    both = correct_motion(traces, start_sample=0, displacement_um=shift[None, :],
+                          bin_samples=500, positions_um=positions, sigma_um=20.0,
+                          shank_ids=shank_ids)
+    for k in (0, 1):
+        on = shank_ids == k
+        alone = correct_motion(traces[:, on], start_sample=0, displacement_um=shift[None, on],
+                               bin_samples=500, positions_um=positions[on], sigma_um=20.0)
+        np.testing.assert_array_equal(both[:, on], alone)
+    # Shanks of different lengths: each shank's own end is its border.
+    short = np.concatenate([positions[:32], positions[32:48]])
+    ids = np.r_[np.zeros(32, int), np.ones(16, int)]
+    up = np.full(48, 30.0)
+    zero = interpolation_matrix(short, up, sigma_um=20.0, border="zero", shank_ids=ids)
+    rows_out = np.flatnonzero(~zero.toarray().any(axis=1))
+    # The top row of each shank reads 30 um above it, beyond its half pitch (10 um).
+    np.testing.assert_array_equal(rows_out, [30, 31, 46, 47])
+    # The probe's extent alone would let the short shank read 30 um past its end.
+    plain = interpolation_matrix(short, up, sigma_um=20.0, border="zero").toarray()
+    np.testing.assert_array_equal(np.flatnonzero(~plain.any(axis=1)), [30, 31])
