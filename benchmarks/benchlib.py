@@ -493,6 +493,8 @@ def plan_for(recording: Recording, config: dict):
         max_memory_mb=shards["max_memory_mb"],
         channels_per_shard=shards["channels_per_shard"],
         channels_per_group=shards["channels_per_group"],
+        min_parallel_jobs=shards["min_parallel_jobs"],
+        min_job_channel_s=shards["min_job_channel_s"],
         margins=stage_margins(config, recording.sampling_rate_hz),
     )
 

@@ -430,6 +430,8 @@ def load_context(config: dict) -> Context:
             max_memory_mb=shards["max_memory_mb"],
             channels_per_shard=shards["channels_per_shard"],
             channels_per_group=shards["channels_per_group"],
+            min_parallel_jobs=shards["min_parallel_jobs"],
+            min_job_channel_s=shards["min_job_channel_s"],
             margins=_recording_margins(spec, config),
         )
     return Context(recordings=recordings, plans=plans)

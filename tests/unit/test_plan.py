@@ -36,13 +36,110 @@ def test_chunks_tile_the_recording_and_fit_the_budget():
     _check_tiling(p)
     peak = modelled_peak_mb(chunk_samples=p.chunk_samples, margin_samples=900, n_channels=64)
     assert peak <= 1000
-    # one quantum more would not fit
+    # the longest chunk the budget allows: one quantum more would not fit
     quantum = int(planmod.CHUNK_QUANTUM_S * 30000)
-    more = modelled_peak_mb(
-        chunk_samples=p.chunk_samples + quantum, margin_samples=900, n_channels=64
+    longest = planmod.chunk_samples_for_budget(
+        max_memory_mb=1000, n_channels=64, sampling_rate_hz=30000.0, margin_samples=900
     )
-    assert more > 1000
+    more = modelled_peak_mb(chunk_samples=longest + quantum, margin_samples=900, n_channels=64)
+    assert more > 1000 >= modelled_peak_mb(
+        chunk_samples=longest, margin_samples=900, n_channels=64
+    )
+    # the fewest chunks of at most that length, of (nearly) equal length
+    assert p.chunk_samples <= longest
+    assert p.n_chunks == -(-p.n_samples // longest)
     assert p.chunk_samples % quantum == 0
+
+
+def test_chunks_are_balanced_without_a_short_remainder():
+    # 384 channels x 60 s at 2000 MB: at most 6.5 s per chunk; ten chunks of
+    # 6.0 s rather than nine of 6.5 s and a 1.5 s remainder.
+    p = _plan(n_channels=384, max_memory_mb=2000)
+    _check_tiling(p)
+    assert p.n_chunks == 10
+    assert {c.n_samples for c in p.chunks} == {6 * 30000}
+    quantum = int(planmod.CHUNK_QUANTUM_S * 30000)
+    for n_samples in (30000 * 60 + 17, 30000 * 121, 30000 * 600 + 1):
+        p = _plan(n_samples=n_samples, n_channels=384, max_memory_mb=2000)
+        _check_tiling(p)
+        # the last chunk is shorter by less than one quantum per chunk
+        assert p.chunk_samples - p.chunks[-1].n_samples < p.n_chunks * quantum
+
+
+@pytest.mark.parametrize(
+    "n_channels, seconds, memory, expected",
+    [
+        (16, 120, 2000, 1),  # 2 x 960 channel-s would be below min_job_channel_s
+        (64, 60, 4000, 2),  # fits one chunk; cut in two chunks of 1,920 channel-s
+        (64, 120, 2000, 4),  # the budget cuts it finer anyway
+        (32, 20, 2000, 1),
+    ],
+)
+def test_short_recordings_get_min_parallel_jobs_chunks_when_big_enough(
+    n_channels, seconds, memory, expected
+):
+    p = _plan(
+        n_samples=30000 * seconds, n_channels=n_channels, max_memory_mb=memory,
+        min_parallel_jobs=2, min_job_channel_s=1900,
+    )
+    _check_tiling(p)
+    assert p.n_chunks == expected
+
+
+def test_memory_budget_stays_a_hard_bound():
+    for n_channels in (16, 64, 384, 1024):
+        for seconds in (1, 20, 120, 3600):
+            for memory in (800, 2000):
+                p = _plan(
+                    n_samples=30000 * seconds, n_channels=n_channels, max_memory_mb=memory,
+                    channels_per_shard="auto", channels_per_group="auto",
+                    min_parallel_jobs=4, min_job_channel_s=100,
+                )
+                _check_tiling(p)
+                peak = modelled_peak_mb(
+                    chunk_samples=p.chunk_samples, margin_samples=900, n_channels=n_channels
+                )
+                assert peak <= memory
+
+
+def test_auto_shards_hold_every_channel():
+    p = _plan(n_channels=384, channels_per_shard="auto")
+    assert p.channel_shards == ((0, 384),)
+    assert _plan(n_channels=70, channels_per_shard=32).channel_shards[-1] == (64, 70)
+
+
+@pytest.mark.parametrize(
+    "n_channels, seconds, size",
+    [
+        (384, 60, 32),  # 2000 channel-s -> 34 channels, 12 equal groups of 32
+        (384, 3600, 8),  # long: never below MIN_GROUP_CHANNELS
+        (16, 120, 16),  # small: one group
+        (64, 120, 16),  # 17 channels -> 4 groups of 16
+        (4, 10, 4),
+    ],
+)
+def test_auto_groups_follow_the_work(n_channels, seconds, size):
+    p = _plan(
+        n_samples=30000 * seconds, n_channels=n_channels, max_memory_mb=2000,
+        channels_per_group="auto", min_parallel_jobs=2, min_job_channel_s=2000,
+    )
+    assert p.channel_groups[0] == (0, size)
+    assert p.channel_groups[-1][1] == n_channels
+    assert all(hi - lo <= size for lo, hi in p.channel_groups)
+
+
+def test_auto_groups_split_for_parallel_jobs_when_big_enough():
+    # 64 channels x 120 s = 7,680 channel-s: at least 4 groups of 1,920
+    p = _plan(
+        n_samples=30000 * 120, channels_per_group="auto", min_parallel_jobs=4,
+        min_job_channel_s=1000,
+    )
+    assert len(p.channel_groups) == 8  # MIN_GROUP_CHANNELS binds first
+    p = _plan(
+        n_samples=30000 * 120, channels_per_group="auto", min_parallel_jobs=4,
+        min_job_channel_s=3000,
+    )
+    assert len(p.channel_groups) == 3  # 25 channels each: 3 groups, not 4
 
 
 def test_chunk_length_follows_the_budget_and_channels():
@@ -106,6 +203,9 @@ def test_budget_too_small_names_the_parameter():
         ({"n_samples": 0}, "n_samples must be >= 1, got 0"),
         ({"channels_per_shard": 0}, "channels_per_shard must be >= 1, got 0"),
         ({"channels_per_group": -1}, "channels_per_group must be >= 1, got -1"),
+        ({"channels_per_group": "all"}, "channels_per_group must be an integer >= 1 or 'auto'"),
+        ({"min_parallel_jobs": 0}, "min_parallel_jobs must be >= 1, got 0"),
+        ({"min_job_channel_s": -1}, "min_job_channel_s must be >= 0, got -1"),
         ({"margins": {"filter": -5}}, "margin for stage 'filter' must be >= 0, got -5"),
         ({"sampling_rate_hz": 0}, "sampling_rate_hz must be > 0, got 0"),
     ],
