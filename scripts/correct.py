@@ -15,6 +15,9 @@ cfg = snakemake.params.motion
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
 motion = read_h5(snakemake.input.motion)
+# Multi-shank probes: each shank's channels move by their own shank's drift.
+shank_ids = np.asarray(spec["shank_ids"], dtype=np.int64)
+per_shank = "window_shank" in motion
 
 
 def correct() -> None:
@@ -24,13 +27,16 @@ def correct() -> None:
         traces,
         start_sample=chunk["start"],
         displacement_um=channel_displacement(
-            motion["displacement_um"], motion["window_centres_um"], positions[:, 1]
+            motion["displacement_um"], motion["window_centres_um"], positions[:, 1],
+            window_shank=motion["window_shank"] if per_shank else None,
+            channel_shank_ids=shank_ids if per_shank else None,
         ),
         bin_samples=int(motion["attrs"]["bin_samples"]),
         positions_um=positions,
         sigma_um=cfg["interpolation_sigma_um"],
         good_mask=good,
         border=cfg["border"],
+        shank_ids=shank_ids if per_shank else None,
     )
     # Same storage as the preprocessed chunk (float32, or int16 with its scale).
     side = read_sidecar(snakemake.input.chunk)
@@ -43,8 +49,9 @@ def correct() -> None:
     write_array(
         snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
     )
-    log.info("chunk %d [%d, %d) corrected (%s)", chunk["index"], chunk["start"], chunk["stop"],
-             corrected.dtype)
+    log.info("chunk %d [%d, %d) corrected (%s)%s", chunk["index"], chunk["start"],
+             chunk["stop"], corrected.dtype,
+             f", per shank ({len(np.unique(shank_ids))} shanks)" if per_shank else "")
 
 
 def copy_unchanged() -> None:

@@ -43,18 +43,37 @@ peaks = localized_peaks(
 )
 first_bin, n_bins = time_bins_of_chunk(chunk["start"], chunk["stop"], bin_samples=bin_samples)
 edges = depth_bin_edges(positions, bin_um=cfg["depth_bin_um"])
-histogram = peak_histogram(
-    peaks["sample_index"] + chunk["start"],
-    peaks["y_um"],
-    peaks["amplitude"],
-    bin_samples=bin_samples,
-    first_bin=first_bin,
-    n_bins=n_bins,
-    depth_edges_um=edges,
-)
+
+
+def histogram_of(keep):
+    return peak_histogram(
+        peaks["sample_index"][keep] + chunk["start"],
+        peaks["y_um"][keep],
+        peaks["amplitude"][keep],
+        bin_samples=bin_samples,
+        first_bin=first_bin,
+        n_bins=n_bins,
+        depth_edges_um=edges,
+    )
+
+
+# Multi-shank probes: one histogram per shank (of the peaks whose main channel
+# is on it), shape (n_shanks, n_bins, n_depth_bins), for one drift per shank.
+shank_ids = np.asarray(spec["shank_ids"], dtype=np.int64)
+shanks = np.unique(shank_ids)
+extra = {}
+if len(shanks) > 1:
+    peak_shank = shank_ids[peaks["channel_index"]]
+    histogram = np.stack([histogram_of(peak_shank == s) for s in shanks])
+    extra["shanks"] = shanks
+    log.info("peaks per shank %s: %s", shanks.tolist(),
+             [int(np.sum(peak_shank == s)) for s in shanks])
+else:
+    histogram = histogram_of(slice(None))
 write_npz(
     snakemake.output.histogram,
     histogram=histogram,
+    **extra,
     first_bin=np.int64(first_bin),
     bin_samples=np.int64(bin_samples),
     depth_edges_um=edges,
