@@ -135,6 +135,8 @@ rule merge_units:
         deconvolve=config["deconvolve"],
         merge=config["merge"],
         max_shift_ms=config["templates"]["merge_max_shift_ms"],
+        split_threshold=config["cluster"]["split_threshold"],
+        seed=config["seed"],
         code=CODE_VERSION,
     log:
         "results/{recording}/logs/merge_units.log",

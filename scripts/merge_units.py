@@ -13,6 +13,7 @@ from shardsort.tables import merge_event_tables
 from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
 from shardsort.unitmerge import merge_units
+from shardsort.unitsplit import split_units
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
@@ -72,8 +73,50 @@ if merge_cfg["enabled"] and len(templates) > 1:
     unit_mapping = merged.mapping
     log.info("%d merges: %d units -> %d", len(merged.decisions), len(tpl["templates"]), len(templates))
 
+# Units holding two neurons' spikes (neighbours of similar shape joined by the
+# template merge) are cut in two on their spikes' features; units just made of
+# pieces of one neuron are not.
+parent = np.arange(len(templates))
+if merge_cfg["split"] and len(templates):
+    absorbed_any = np.bincount(unit_mapping, minlength=len(templates)) > 1
+    candidates = np.where(absorbed_any[spikes["unit_index"]], -1, spikes["unit_index"])
+    eligible = candidates >= 0
+    labels, parent, cuts = split_units(
+        spikes["sample_index"][eligible],
+        spikes["unit_index"][eligible],
+        pc_features[eligible],
+        n_units=len(templates),
+        n_samples=int(spec["n_samples"]),
+        bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
+        min_part=merge_cfg["split_min_spikes"],
+        split_threshold=snakemake.params.split_threshold,
+        max_overlap_ratio=merge_cfg["max_overlap_ratio"],
+        max_complementarity_z=merge_cfg["max_complementarity_z"],
+        seed=int(snakemake.params.seed),
+    )
+    spikes["unit_index"][eligible] = labels
+    order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
+    spikes, pc_features, spike_positions = spikes[order], pc_features[order], spike_positions[order]
+    if cuts:
+        # A new unit's template: its spikes' mean waveform on the channels its
+        # features were computed on (its parent's), from the temporal basis.
+        channels = b["neighbours"][tpl["peak_channels"][np.arange(len(tpl["templates"]))]]
+        new_templates = np.zeros((len(cuts),) + templates.shape[1:], dtype=np.float32)
+        for i, cut in enumerate(cuts):
+            mine = spikes["unit_index"] == cut.new
+            mean_scores = pc_features[mine].mean(axis=0)  # (n_pcs, n_neighbours)
+            source = np.flatnonzero(unit_mapping == parent[cut.new])[0]
+            new_templates[i][:, channels[source]] = (
+                b["components"].T @ mean_scores + b["mean"][:, None]
+            )
+            log.info("unit %d cut from unit %d: %d and %d spikes, bimodality %.1f, "
+                     "overlap in time %.2f x chance (z %.1f)", cut.new, cut.unit, cut.n_new,
+                     cut.n_kept, cut.score, cut.overlap_ratio, cut.complementarity_z)
+        templates = np.concatenate([templates, new_templates])
+    log.info("%d cuts: %d units", len(cuts), len(templates))
+
 # Matches pure noise gives each unit at its threshold (a merged unit: the sum
-# over its pieces).
+# over its pieces; a cut unit shares its parent's in proportion to its spikes).
 basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
 thresholds = unit_thresholds(
     basis, highest=dec["threshold"], lowest=dec["threshold_min"], recall_margin=dec["recall_margin"]
@@ -81,8 +124,10 @@ thresholds = unit_thresholds(
 noise_matches = expected_noise_matches(
     thresholds, tpl["noise_lag_correlation"], n_samples=int(spec["n_samples"])
 )
-noise_matches = np.bincount(unit_mapping, weights=noise_matches, minlength=len(templates))
+noise_matches = np.bincount(unit_mapping, weights=noise_matches, minlength=len(parent))
 unit_counts = np.bincount(spikes["unit_index"], minlength=len(templates))
+family = np.bincount(parent, weights=unit_counts, minlength=len(parent))
+noise_matches = noise_matches[parent] * unit_counts / np.maximum(family[parent], 1)
 for unit in range(len(templates)):
     log.info("unit %d: %d spikes, %.1f expected from noise alone at its threshold",
              unit, unit_counts[unit], noise_matches[unit])

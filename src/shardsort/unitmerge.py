@@ -98,6 +98,36 @@ def _amplitude(template: npt.NDArray[np.float64]) -> float:
     return float((template.max(axis=0) - template.min(axis=0)).max())
 
 
+def time_bins(n_samples: int, bin_samples: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Edges of time bins of ``bin_samples`` (the last one shorter) and each bin's share."""
+    if n_samples < 1 or bin_samples < 1:
+        raise ValueError(f"n_samples and bin_samples must be >= 1, got {n_samples}, {bin_samples}")
+    edges = np.arange(0, n_samples + bin_samples, bin_samples)
+    edges[-1] = n_samples
+    edges = np.unique(edges)
+    return edges, np.diff(edges) / float(n_samples)
+
+
+def time_overlap(
+    counts_a: npt.NDArray[np.float64],
+    counts_b: npt.NDArray[np.float64],
+    bin_fraction: npt.NDArray[np.float64],
+) -> tuple[float, float]:
+    """How often two trains fall in the same time bins, against chance.
+
+    Returns ``(ratio, z)``: ``sum_t a_t b_t`` over what independent Poisson
+    trains with the same totals give, and its deviation from that in SDs
+    (negative: complementary in time).
+    """
+    mean_a, mean_b = counts_a.sum() * bin_fraction, counts_b.sum() * bin_fraction
+    together = float((counts_a * counts_b).sum())
+    chance = float((mean_a * mean_b).sum())
+    variance = float((mean_a * mean_b * (1.0 + mean_a + mean_b)).sum())
+    ratio = together / chance if chance > 0 else 1.0
+    z = (together - chance) / np.sqrt(variance) if variance > 0 else 0.0
+    return ratio, float(z)
+
+
 def merge_units(
     sample_index: npt.ArrayLike,
     unit_index: npt.ArrayLike,
@@ -178,10 +208,7 @@ def merge_units(
         return UnitMerge(mapping, shifts, tpl.astype(np.float32), ())
 
     # Per-unit state, updated as units merge (indexed by the surviving old index).
-    edges = np.arange(0, n_samples + bin_samples, bin_samples)
-    edges[-1] = n_samples
-    edges = np.unique(edges)
-    bin_fraction = np.diff(edges) / float(n_samples)
+    edges, bin_fraction = time_bins(n_samples, bin_samples)
     bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(bin_fraction) - 1)
     binned = np.zeros((n_units, len(bin_fraction)))
     np.add.at(binned, (units, bins), 1.0)
@@ -217,12 +244,7 @@ def merge_units(
         )
         if cosine < min_cosine:
             return None
-        mean_a, mean_b = counts[a] * bin_fraction, counts[b] * bin_fraction
-        together = float((binned[a] * binned[b]).sum())
-        chance = float((mean_a * mean_b).sum())
-        variance = float((mean_a * mean_b * (1.0 + mean_a + mean_b)).sum())
-        ratio = together / chance if chance > 0 else 1.0
-        z = (together - chance) / np.sqrt(variance) if variance > 0 else 0.0
+        ratio, z = time_overlap(binned[a], binned[b], bin_fraction)
         # Coincidences independent trains with these time-resolved rates give.
         expected = float((binned[a] * binned[b] / np.diff(edges)).sum()) * width
         return cosine, lag, ratio, z, expected

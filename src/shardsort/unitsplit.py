@@ -1,0 +1,161 @@
+"""Splitting units after deconvolution, on their spikes' features.
+
+The template merge joins clusters whose templates matching could not tell
+apart spike by spike; two neighbouring neurons of similar shape (tens of µm
+apart, templates at cosine ~0.9) can so end up in one unit, which then holds
+both spike trains. Their spikes still differ consistently: over hundreds of
+spikes the features (temporal PCA scores on the unit's channels, computed for
+every deconvolved spike) form two groups. A unit is cut in two when
+
+* the discriminant of a two-component Gaussian mixture fitted to its
+  features' leading principal components is bimodal (the clustering's own
+  test, :func:`shardsort.cluster.bimodality_score` with ``split_threshold``),
+* both parts hold at least ``min_part`` spikes,
+* and the parts are not complementary in time: a drifting unit's spikes
+  differ with the probe's position, and pieces that take turns in time are
+  one neuron (:mod:`shardsort.unitmerge` joins them); they are never cut.
+
+Parts are cut again while the test holds (up to ``max_depth`` levels). The
+larger part keeps the unit's index; each new part gets the next free one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shardsort.cluster import bimodality_score
+from shardsort.unitmerge import time_bins, time_overlap
+
+
+@dataclass(frozen=True)
+class SplitDecision:
+    """One cut: ``new`` was cut from ``unit`` (indices after the cut)."""
+
+    unit: int
+    new: int
+    n_kept: int
+    n_new: int
+    score: float
+    overlap_ratio: float
+    complementarity_z: float
+
+
+def _leading_components(features: npt.NDArray[np.float64], n_dims: int) -> npt.NDArray[np.float64]:
+    """Whitened scores on the ``n_dims`` leading principal components."""
+    centred = features - features.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    keep = singular > 1e-9 * max(singular[0], 1e-300) if singular.size else singular > 0
+    keep[n_dims:] = False
+    if not keep.any():
+        return np.zeros((len(features), 0))
+    return centred @ vt[keep].T / singular[keep] * np.sqrt(len(features))
+
+
+def _two_way_cut(
+    features: npt.NDArray[np.float64], *, n_dims: int, seed: int
+) -> tuple[float, npt.NDArray[np.bool_]] | None:
+    """Bimodality score of the best two-way cut and its side per spike."""
+    from sklearn.mixture import GaussianMixture
+
+    z = _leading_components(features, n_dims)
+    if z.shape[1] == 0:
+        return None
+    mixture = GaussianMixture(2, covariance_type="full", random_state=seed, n_init=2,
+                              reg_covar=1e-3).fit(z)
+    difference = mixture.means_[0] - mixture.means_[1]
+    pooled = mixture.covariances_.mean(axis=0)
+    direction = np.linalg.solve(pooled, difference)
+    values = z @ direction
+    score, cut = bimodality_score(values)
+    if not np.isfinite(cut):
+        return None
+    return score, values > cut
+
+
+def split_units(
+    sample_index: npt.ArrayLike,
+    unit_index: npt.ArrayLike,
+    features: npt.ArrayLike,
+    *,
+    n_units: int,
+    n_samples: int,
+    bin_samples: int,
+    min_part: int,
+    split_threshold: float,
+    max_overlap_ratio: float,
+    max_complementarity_z: float,
+    n_dims: int = 6,
+    max_depth: int = 2,
+    seed: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], tuple[SplitDecision, ...]]:
+    """Cut units whose spikes form two groups of features (module docstring).
+
+    Parameters
+    ----------
+    sample_index, unit_index : array_like of int, shape (n_spikes,)
+    features : array_like, shape (n_spikes, ...)
+        Per-spike features on each unit's own channels (flattened per spike).
+    n_units : int
+    n_samples, bin_samples : int
+        Recording length and the time bin of the complementarity test.
+    min_part : int
+        Smallest part kept (>= 2).
+    split_threshold : float
+        Bimodality score above which a cut is made.
+
+    Returns
+    -------
+    labels : ndarray of int64, shape (n_spikes,)
+        Unit of every spike after the cuts, in ``[0, n_units + n_cuts)``.
+    parent : ndarray of int64, shape (n_units + n_cuts,)
+        The unit each unit was cut from (itself for the original units).
+    decisions : tuple of SplitDecision
+    """
+    times = np.asarray(sample_index, dtype=np.int64)
+    labels = np.asarray(unit_index, dtype=np.int64).copy()
+    x = np.asarray(features, dtype=np.float64)
+    if times.shape != labels.shape or times.ndim != 1:
+        raise ValueError(
+            f"sample_index {times.shape} and unit_index {labels.shape} must be 1-D of one length"
+        )
+    if x.shape[:1] != labels.shape:
+        raise ValueError(f"features must have one row per spike ({labels.size}), got {x.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_units):
+        raise ValueError(f"unit_index must lie in [0, {n_units}), got [{labels.min()}, {labels.max()}]")
+    if min_part < 2:
+        raise ValueError(f"min_part must be >= 2, got {min_part}")
+    x = x.reshape(len(x), -1)
+    edges, fraction = time_bins(n_samples, bin_samples)
+    bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(fraction) - 1)
+    parent = list(range(n_units))
+    decisions: list[SplitDecision] = []
+    queue = [(unit, 0) for unit in range(n_units)]
+    while queue:
+        unit, depth = queue.pop(0)
+        members = np.flatnonzero(labels == unit)
+        if depth >= max_depth or members.size < 2 * min_part:
+            continue
+        cut = _two_way_cut(x[members], n_dims=n_dims, seed=seed)
+        if cut is None:
+            continue
+        score, side = cut
+        n_high = int(side.sum())
+        if score < split_threshold or min(n_high, side.size - n_high) < min_part:
+            continue
+        counts_a = np.bincount(bins[members[side]], minlength=len(fraction)).astype(np.float64)
+        counts_b = np.bincount(bins[members[~side]], minlength=len(fraction)).astype(np.float64)
+        ratio, z = time_overlap(counts_a, counts_b, fraction)
+        if ratio <= max_overlap_ratio and z <= max_complementarity_z:
+            continue  # pieces taking turns in time: one drifting neuron
+        # The larger part keeps the index.
+        moved = members[side] if n_high <= side.size - n_high else members[~side]
+        new = len(parent)
+        labels[moved] = new
+        parent.append(parent[unit])
+        decisions.append(SplitDecision(unit, new, members.size - moved.size, moved.size,
+                                       float(score), float(ratio), float(z)))
+        queue += [(unit, depth + 1), (new, depth + 1)]
+    return labels, np.asarray(parent, dtype=np.int64), tuple(decisions)
