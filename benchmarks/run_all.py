@@ -20,6 +20,9 @@ Sections (run in this order; ``--only`` picks some):
 ``disk``        peak and final disk use of a sort as a multiple of the raw file
                 (demo with float32/int16 chunks, a 64-channel 3-min drifting
                 recording; ~15 min)
+``profile``     per-stage time against each stage's physical floor, job start-up,
+                --cores 1 vs 2 and a projection for 16 and 64 cores from the job
+                graph (384 channels x 1 min; issue 16; ~8 min)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -58,6 +61,7 @@ import bench_kernels  # noqa: E402
 import bench_nn  # noqa: E402
 import bench_phase_shift  # noqa: E402
 import bench_plan  # noqa: E402
+import bench_profile  # noqa: E402
 import bench_preprocess  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_sort  # noqa: E402
@@ -66,7 +70,7 @@ from benchlib import Context, Table, load_config  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
     "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk",
+    "disk", "profile",
 )
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
@@ -78,10 +82,11 @@ TITLES = {
     "phase_shift": "6. Neuropixels inter-sample shift (issue 18)",
     "kernels": "7. Kernel speed before/after (issue 16)",
     "disk": "8. Disk footprint (issue 17)",
+    "profile": "9. Profile per stage and parallel efficiency (issue 16)",
 }
 SUMMARY_ORDER = (
     "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk",
+    "disk", "profile",
 )
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
@@ -262,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_kernels.run(ctx)
             elif name == "disk":
                 tables = bench_disk.run(ctx)
+            elif name == "profile":
+                tables = bench_profile.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)
