@@ -197,6 +197,8 @@ def job_graph(workdir: Path, table: Path) -> tuple[dict, dict]:
     proc = subprocess.run(
         cmd, cwd=workdir, env=single_thread_env(), capture_output=True, text=True
     )
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake --detailed-summary failed: {proc.stderr[-2000:]}")
     rows = list(csv.DictReader(io.StringIO(proc.stdout), delimiter="\t"))
     producer: dict[str, str] = {}
     jobs: dict[str, tuple[str, str]] = {}
@@ -339,6 +341,8 @@ def run(ctx: Context) -> list[Table]:
         dry = run_snakemake(work2, table, "-n", "--forceall", "--quiet", "rules",
                             log_name="dryrun")
         work1, run1 = _sort(ctx, recording, table, 1)
+        # the recordings table must still point to the raw file
+        jobs, deps = job_graph(work2, table)
     finally:
         if not ctx.keep_data:
             shutil.rmtree(ctx.data / recording.name, ignore_errors=True)
@@ -393,7 +397,6 @@ def run(ctx: Context) -> list[Table]:
         }
     )
 
-    jobs, deps = job_graph(work2, table)
     projections = []
     for column in ("cpu_time", "s"):
         secs = job_seconds(work2, jobs, column)
