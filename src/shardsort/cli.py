@@ -102,17 +102,10 @@ class Metadata:
     def cells(self) -> dict[str, str]:
         """Table cells of these values ('' where not given), paths absolute."""
         out = {}
-        for column in (
-            "sampling_rate_hz",
-            "n_channels",
-            "dtype",
-            "order",
-            "gain_to_uv",
-            "offset_bytes",
-            "geometry",
-            "ground_truth",
-            "electrical_series",
-        ):
+        from .recordings import COLUMNS, OPTIONAL_COLUMNS
+
+        # Every column after name, path and format.
+        for column in (*COLUMNS[3:], *OPTIONAL_COLUMNS):
             value = getattr(self, column)
             if value is None:
                 out[column] = ""

@@ -939,6 +939,22 @@ def sample_noise_windows(
     return x[starts[:, None] + np.arange(window_samples)]
 
 
+def _check_noise_windows(
+    templates: npt.ArrayLike, noise_windows: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], np.ndarray]:
+    """Templates as float64 and noise windows of the same (T, n_channels), >= 2 of them."""
+    w = np.asarray(templates, dtype=np.float64)
+    noise = np.asarray(noise_windows)
+    if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
+        raise ValueError(
+            f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
+            "the same (T, n_channels)"
+        )
+    if noise.shape[0] < 2:
+        raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
+    return w, noise
+
+
 def noise_factors(
     templates: npt.ArrayLike, noise_windows: npt.ArrayLike
 ) -> npt.NDArray[np.float32]:
@@ -962,15 +978,7 @@ def noise_factors(
     ndarray of float32, shape (n_units,)
         Factors (>= a small floor); 1 for all-zero templates.
     """
-    w = np.asarray(templates, dtype=np.float64)
-    noise = np.asarray(noise_windows)
-    if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
-        raise ValueError(
-            f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
-            "the same (T, n_channels)"
-        )
-    if noise.shape[0] < 2:
-        raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
+    w, noise = _check_noise_windows(templates, noise_windows)
     # Explicit widths: reshape(0, -1) is ambiguous and fails on zero templates.
     flat_w = w.reshape(len(w), w.shape[1] * w.shape[2])
     flat_noise = noise.reshape(len(noise), noise.shape[1] * noise.shape[2])
@@ -1027,15 +1035,7 @@ def noise_lag_correlation(
     ndarray of float32, shape (n_units,)
         In [-1, 1); 1 - 1e-6 at most, 0 for all-zero templates.
     """
-    w = np.asarray(templates, dtype=np.float64)
-    noise = np.asarray(noise_windows)
-    if w.ndim != 3 or noise.ndim != 3 or w.shape[1:] != noise.shape[1:]:
-        raise ValueError(
-            f"templates {w.shape} and noise_windows {noise.shape} must be 3-D with "
-            "the same (T, n_channels)"
-        )
-    if noise.shape[0] < 2:
-        raise ValueError(f"noise_windows must hold at least 2 windows, got {noise.shape[0]}")
+    w, noise = _check_noise_windows(templates, noise_windows)
     n_units, n_times, n_channels = w.shape
     if n_units == 0 or n_times < 2:
         return np.zeros(n_units, dtype=np.float32)

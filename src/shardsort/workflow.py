@@ -290,17 +290,24 @@ def min_recording_samples(config: dict, sampling_rate_hz: float) -> int:
     recording too short to hold a spike sorts to an empty result. With the
     defaults at 30 kHz: 76 samples (2.5 ms).
     """
-    from .preprocess import _scipy_padlen, design_bandpass
+    from .preprocess import _scipy_padlen
+
+    sos = configured_bandpass(config, sampling_rate_hz)
+    before, after = waveform_samples(config, sampling_rate_hz)
+    return max(_scipy_padlen(sos), before + after) + 1
+
+
+def configured_bandpass(config: dict, sampling_rate_hz: float):
+    """The band-pass SOS of ``preprocess`` settings at ``sampling_rate_hz``."""
+    from .preprocess import design_bandpass
 
     pre = config["preprocess"]
-    sos = design_bandpass(
+    return design_bandpass(
         sampling_rate_hz=sampling_rate_hz,
         freq_min_hz=pre["freq_min_hz"],
         freq_max_hz=pre["freq_max_hz"],
         order=pre["filter_order"],
     )
-    before, after = waveform_samples(config, sampling_rate_hz)
-    return max(_scipy_padlen(sos), before + after) + 1
 
 
 def waveform_samples(config: dict, sampling_rate_hz: float) -> tuple[int, int]:
@@ -315,15 +322,9 @@ def waveform_samples(config: dict, sampling_rate_hz: float) -> tuple[int, int]:
 def stage_margins(config: dict, sampling_rate_hz: float) -> dict[str, int]:
     """Margin (samples) each per-chunk stage reads on each side of its chunk."""
     from .detect import detect_margin_samples
-    from .preprocess import design_bandpass, filter_margin_samples
+    from .preprocess import filter_margin_samples
 
-    pre = config["preprocess"]
-    sos = design_bandpass(
-        sampling_rate_hz=sampling_rate_hz,
-        freq_min_hz=pre["freq_min_hz"],
-        freq_max_hz=pre["freq_max_hz"],
-        order=pre["filter_order"],
-    )
+    sos = configured_bandpass(config, sampling_rate_hz)
     before, after = waveform_samples(config, sampling_rate_hz)
     exclude = ms_to_samples(config["detect"]["exclude_ms"], sampling_rate_hz)
     width = before + after
