@@ -209,6 +209,31 @@ def is_current(files: RecordingFiles, spec: RecordingSpec) -> bool:
     return json.loads(files.spec_file.read_text()) == asdict(spec)
 
 
+def _ground_truth(static, sorting, extra, positions_um, spec) -> dict:
+    """Spike train, SNR, peak channel and locations of the generated units."""
+    from spikeinterface.core import get_noise_levels
+
+    spikes = sorting.to_spike_vector()
+    noise_uv = get_noise_levels(
+        static,
+        return_in_uV=False,
+        method="mad",
+        random_slices_kwargs=dict(seed=spec.seed),
+        progress_bar=False,
+    )
+    templates_uv = extra["templates"].templates_array
+    return dict(
+        sample_index=spikes["sample_index"].astype(np.int64),
+        unit_index=spikes["unit_index"].astype(np.int32),
+        snr=unit_snr(templates_uv, np.asarray(noise_uv, dtype=np.float64)),
+        peak_channel=np.abs(templates_uv).max(axis=1).argmax(axis=1).astype(np.int32),
+        unit_locations_um=np.asarray(extra["unit_locations"], dtype=np.float64),
+        positions_um=positions_um,
+        sampling_rate_hz=np.float64(spec.sampling_rate_hz),
+        gain_to_uv=np.float64(GAIN_TO_UV),
+    )
+
+
 def generate_pair(
     spec: RecordingSpec, folder: Path, *, n_jobs: int = 2
 ) -> dict[str, RecordingFiles]:
@@ -217,7 +242,6 @@ def generate_pair(
     Returns the files of each, keyed by name. Recordings already generated from
     the same spec are kept as they are. ``n_jobs`` processes write the traces.
     """
-    from spikeinterface.core import get_noise_levels
     from spikeinterface.generation import generate_drifting_recording
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,24 +259,8 @@ def generate_pair(
         extra_outputs=True,
         seed=spec.seed,
     )
-    spikes = sorting.to_spike_vector()
-    noise_uv = get_noise_levels(
-        static,
-        return_in_uV=False,
-        method="mad",
-        random_slices_kwargs=dict(seed=spec.seed),
-        progress_bar=False,
-    )
-    templates_uv = extra["templates"].templates_array
     ground_truth = dict(
-        sample_index=spikes["sample_index"].astype(np.int64),
-        unit_index=spikes["unit_index"].astype(np.int32),
-        snr=unit_snr(templates_uv, np.asarray(noise_uv, dtype=np.float64)),
-        peak_channel=np.abs(templates_uv).max(axis=1).argmax(axis=1).astype(np.int32),
-        unit_locations_um=np.asarray(extra["unit_locations"], dtype=np.float64),
-        positions_um=positions_um,
-        sampling_rate_hz=np.float64(spec.sampling_rate_hz),
-        gain_to_uv=np.float64(GAIN_TO_UV),
+        **_ground_truth(static, sorting, extra, positions_um, spec),
     )
     for recording, files in ((static, pair["static"]), (drifting, pair["drifting"])):
         _write_int16(recording, files.binary, n_jobs=n_jobs)
@@ -429,7 +437,6 @@ def generate_drifting(
     ``displacement_sampling_frequency``, ``unit_displacements`` (n_times,
     n_units, 2) and ``displacement_unit_factor``. Kept when already made from
     the same specs."""
-    from spikeinterface.core import get_noise_levels
     from spikeinterface.core.generate import generate_unit_locations
     from spikeinterface.generation import generate_drifting_recording
 
@@ -467,24 +474,8 @@ def generate_drifting(
         extra_outputs=True,
         seed=spec.seed,
     )
-    spikes = sorting.to_spike_vector()
-    noise_uv = get_noise_levels(
-        static,
-        return_in_uV=False,
-        method="mad",
-        random_slices_kwargs=dict(seed=spec.seed),
-        progress_bar=False,
-    )
-    templates_uv = extra["templates"].templates_array
     ground_truth = dict(
-        sample_index=spikes["sample_index"].astype(np.int64),
-        unit_index=spikes["unit_index"].astype(np.int32),
-        snr=unit_snr(templates_uv, np.asarray(noise_uv, dtype=np.float64)),
-        peak_channel=np.abs(templates_uv).max(axis=1).argmax(axis=1).astype(np.int32),
-        unit_locations_um=np.asarray(extra["unit_locations"], dtype=np.float64),
-        positions_um=positions_um,
-        sampling_rate_hz=np.float64(spec.sampling_rate_hz),
-        gain_to_uv=np.float64(GAIN_TO_UV),
+        **_ground_truth(static, sorting, extra, positions_um, spec),
         displacement_vectors=np.asarray(extra["displacement_vectors"], dtype=np.float64),
         displacement_sampling_frequency=np.float64(
             extra["displacement_sampling_frequency"]
