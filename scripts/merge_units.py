@@ -89,6 +89,7 @@ if merge_cfg["split"] and len(templates):
         n_samples=int(spec["n_samples"]),
         bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
         min_part=merge_cfg["split_min_spikes"],
+        min_fraction=merge_cfg["split_min_fraction"],
         split_threshold=snakemake.params.split_threshold,
         max_overlap_ratio=merge_cfg["max_overlap_ratio"],
         max_complementarity_z=merge_cfg["max_complementarity_z"],

@@ -10,7 +10,9 @@ every deconvolved spike) form two groups. A unit is cut in two when
 * the discriminant of a two-component Gaussian mixture fitted to its
   features' leading principal components is bimodal (the clustering's own
   test, :func:`shardsort.cluster.bimodality_score` with ``split_threshold``),
-* both parts hold at least ``min_part`` spikes,
+* both parts hold at least ``min_part`` spikes and ``min_fraction`` of the
+  unit's (a small tail of a big unit's spikes is its amplitude spread, not a
+  second neuron),
 * and the parts are not complementary in time: a drifting unit's spikes
   differ with the probe's position, and pieces that take turns in time are
   one neuron (:mod:`shardsort.unitmerge` joins them); they are never cut.
@@ -87,6 +89,7 @@ def split_units(
     split_threshold: float,
     max_overlap_ratio: float,
     max_complementarity_z: float,
+    min_fraction: float = 0.0,
     n_dims: int = 6,
     max_depth: int = 2,
     seed: int = 0,
@@ -103,6 +106,8 @@ def split_units(
         Recording length and the time bin of the complementarity test.
     min_part : int
         Smallest part kept (>= 2).
+    min_fraction : float
+        Smallest part kept, as a fraction of the unit's spikes (in [0, 0.5]).
     split_threshold : float
         Bimodality score above which a cut is made.
 
@@ -127,6 +132,8 @@ def split_units(
         raise ValueError(f"unit_index must lie in [0, {n_units}), got [{labels.min()}, {labels.max()}]")
     if min_part < 2:
         raise ValueError(f"min_part must be >= 2, got {min_part}")
+    if not 0.0 <= min_fraction <= 0.5:
+        raise ValueError(f"min_fraction must lie in [0, 0.5], got {min_fraction}")
     x = x.reshape(len(x), -1)
     edges, fraction = time_bins(n_samples, bin_samples)
     bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(fraction) - 1)
@@ -143,7 +150,8 @@ def split_units(
             continue
         score, side = cut
         n_high = int(side.sum())
-        if score < split_threshold or min(n_high, side.size - n_high) < min_part:
+        smaller = min(n_high, side.size - n_high)
+        if score < split_threshold or smaller < max(min_part, min_fraction * side.size):
             continue
         counts_a = np.bincount(bins[members[side]], minlength=len(fraction)).astype(np.float64)
         counts_b = np.bincount(bins[members[~side]], minlength=len(fraction)).astype(np.float64)

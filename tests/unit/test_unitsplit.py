@@ -75,3 +75,15 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="min_part must be >= 2"):
         split_units(np.arange(3), np.zeros(3, int), np.zeros((3, 3)), n_units=1,
                     **{**SETTINGS, "min_part": 1})
+
+
+def test_a_small_tail_of_a_big_unit_is_not_cut_with_a_minimum_fraction():
+    rng = np.random.default_rng(3)
+    centre = rng.standard_normal((3, 10)) * 3
+    features = np.concatenate([_features(rng, 1500, centre), _features(rng, 80, -centre)])
+    times = np.concatenate([_times(rng, 1500), _times(rng, 80)])
+    _, _, cuts = split_units(times, np.zeros(1580, int), features, n_units=1, **SETTINGS)
+    assert len(cuts) == 1 and cuts[0].n_new == 80
+    _, _, cuts = split_units(times, np.zeros(1580, int), features, n_units=1, min_fraction=0.1,
+                             **SETTINGS)
+    assert cuts == ()
