@@ -33,6 +33,8 @@ FIGURES = {
     "probe map", "drift raster", "quality metrics (table)", "1 waveforms", "2 amplitudes",
     "3 ISI histograms", "4 autocorrelograms", "accuracy vs SNR", "accuracy per unit (table)",
     "time and memory per rule",
+    # drift correction runs by default (motion.enabled: auto) on this probe
+    "drift estimate",
 }
 WAVEFORMS = f"results/{NAME}/report/waveforms/units_000-"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -94,7 +96,7 @@ def test_report_embeds_every_figure_drawn(report_html, sorted_small):
     results = _results(report_html.read_text(encoding="utf-8"))
     assert {r["labels"]["figure"] for r in results.values()} == FIGURES
     pngs = {p: r for p, r in results.items() if r["mime_type"] == "image/png"}
-    assert len(pngs) == 8
+    assert len(pngs) == 9
     for path, entry in pngs.items():
         _assert_drawn(_png(_payload(entry["data_uri"])), path)
     tables = {r["labels"]["figure"]: _payload(r["data_uri"]).decode()
