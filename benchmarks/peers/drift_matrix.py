@@ -182,7 +182,7 @@ def run_shardsort(
     from run_peers import sorter_env
 
     from measure import run_measured
-    from sorters import _save
+    from sorters import collect_shardsort
 
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
@@ -202,16 +202,8 @@ def run_shardsort(
         command, log_path=output / LOG_FILE, env=env, cwd=output, timeout_s=timeout_s
     )
     if measurement.returncode == 0:
-        import h5py
-
-        with h5py.File(output / "results" / files.name / "sorting.h5", "r") as h5:
-            spikes = h5["spikes"][...]
-        _save(
-            output,
-            spikes["sample_index"],
-            spikes["unit_index"],
-            {"sorter": "shardsort", "version": package_version("shardsort"),
-             "params": [str(snapshot / "config" / "config.yaml")]},
+        collect_shardsort(
+            files, output, configfiles_used=[str(snapshot / "config" / "config.yaml")]
         )
     # preprocessed and corrected chunks: each as large as the recording
     for sub in ("preprocess", "motion/chunks"):

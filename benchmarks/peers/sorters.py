@@ -129,9 +129,18 @@ def package_version(package: str) -> str:
 
 
 def collect_shardsort(
-    files: RecordingFiles, output: Path, *, configfile: Path | Sequence[Path] | None = None
+    files: RecordingFiles,
+    output: Path,
+    *,
+    configfile: Path | Sequence[Path] | None = None,
+    configfiles_used: Sequence[str] | None = None,
 ) -> None:
-    """Copy shardsort's spike train from ``sorting.h5`` into ``spikes.npz``."""
+    """Copy shardsort's spike train from ``sorting.h5`` into ``spikes.npz``.
+
+    ``info.json`` records the config files of the run: ``configfiles_used``
+    when given (a sort from another checkout), else the repository's config
+    with ``configfile`` over it.
+    """
     import h5py
 
     with h5py.File(output / "results" / files.name / "sorting.h5", "r") as h5:
@@ -143,7 +152,11 @@ def collect_shardsort(
         {
             "sorter": "shardsort",
             "version": package_version("shardsort"),
-            "params": shardsort_configfiles(configfile),
+            "params": (
+                list(configfiles_used)
+                if configfiles_used is not None
+                else shardsort_configfiles(configfile)
+            ),
         },
     )
 
