@@ -17,6 +17,9 @@ rule filter:
         band=get_band,
         sos=get_sos,
         sample_shifts=get_sample_shifts,
+        # Stored compressed (float32 rounded to 7 mantissa bits) unless
+        # compression: none; see scripts/filter.py.
+        compression=config["preprocess"]["compression"],
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,
@@ -46,6 +49,8 @@ rule filter_noise_sample:
         band=get_band,
         sos=get_sos,
         sample_shifts=get_sample_shifts,
+        # Small (a few seconds per segment): kept exact for the noise statistics.
+        compression="none",
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,
@@ -111,7 +116,8 @@ rule preprocess:
         whitening="results/{recording}/preprocess/whitening.h5",
     # Before the filter jobs of other chunks: the scheduler otherwise prefers
     # jobs with the largest input (a filter job reads the raw file), and every
-    # chunk's filtered shards (float32, 2x the raw chunk) would pile up.
+    # chunk's filtered shards (float32: 2x the raw chunk, 0.85x compressed)
+    # would pile up.
     priority: 1
     output:
         data=bulk("results/{recording}/preprocess/chunks/t{chunk}.bin"),

@@ -4,7 +4,13 @@ import shutil
 
 import numpy as np
 
-from shardsort.io.arrays import ChunkedRecording, atomic_path, read_sidecar, write_array
+from shardsort.io.arrays import (
+    ChunkedRecording,
+    atomic_path,
+    compression_of,
+    read_sidecar,
+    write_array,
+)
 from shardsort.jobs import job_logger, read_h5
 from shardsort.motion import channel_displacement, correct_motion
 
@@ -38,7 +44,8 @@ def correct() -> None:
         border=cfg["border"],
         shank_ids=shank_ids if per_shank else None,
     )
-    # Same storage as the preprocessed chunk (float32, or int16 with its scale).
+    # Same storage as the preprocessed chunk (float32, or int16 with its scale;
+    # compressed or not).
     side = read_sidecar(snakemake.input.chunk)
     attrs = {"start_sample": chunk["start"]}
     if np.dtype(side["dtype"]) == np.int16:
@@ -46,11 +53,13 @@ def correct() -> None:
         attrs["scale"] = scale
         corrected = np.clip(np.rint(corrected * np.float32(1.0 / scale)), -32767, 32767)
         corrected = corrected.astype(np.int16)
+    compression = compression_of(side)
     write_array(
-        snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
+        snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"],
+        compression=compression, **attrs,
     )
-    log.info("chunk %d [%d, %d) corrected (%s)%s", chunk["index"], chunk["start"],
-             chunk["stop"], corrected.dtype,
+    log.info("chunk %d [%d, %d) corrected (%s, compression %s)%s", chunk["index"],
+             chunk["start"], chunk["stop"], corrected.dtype, compression,
              f", per shank ({len(np.unique(shank_ids))} shanks)" if per_shank else "")
 
 

@@ -18,8 +18,9 @@ parts = sorted(
     snakemake.input.filtered, key=lambda p: read_sidecar(p)["channel_start"]
 )
 filtered = np.concatenate([np.asarray(read_array(p)) for p in parts], axis=1)
-# int16 chunks store noise units in steps of 1/200 (range +-164 noise units).
-int16_scale = 200.0 if pre["output_dtype"] == "int16" else None
+# int16 chunks store noise units in steps of 1/int16_scale (32: range +-1024
+# noise units, quantisation noise 0.009 noise SD).
+int16_scale = float(pre["int16_scale"]) if pre["output_dtype"] == "int16" else None
 out = apply_preprocessing(
     filtered,
     scales=noise["scales_uv"],
@@ -44,10 +45,11 @@ if nonfinite:
 if int16_scale is not None:
     attrs["scale"] = 1.0 / int16_scale
 write_array(
-    snakemake.output.data, out, sampling_rate_hz=spec["sampling_rate_hz"], **attrs
+    snakemake.output.data, out, sampling_rate_hz=spec["sampling_rate_hz"],
+    compression=pre["compression"], **attrs,
 )
 n_shanks = len(set(spec["shank_ids"]))
-log.info("chunk %d [%d, %d): %s, reference %s%s", chunk["index"], chunk["start"],
-         chunk["stop"], out.dtype, pre["reference"],
+log.info("chunk %d [%d, %d): %s, compression %s, reference %s%s", chunk["index"],
+         chunk["start"], chunk["stop"], out.dtype, pre["compression"], pre["reference"],
          f" per shank ({n_shanks} shanks)" if n_shanks > 1 and pre["reference"] == "global"
          else "")

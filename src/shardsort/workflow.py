@@ -34,6 +34,34 @@ def ms_to_samples(ms: float, sampling_rate_hz: float) -> int:
     return int(round(ms * sampling_rate_hz / 1000.0))
 
 
+def check_compression(compression: str) -> None:
+    """``preprocess.compression``: a known codec whose library is installed.
+
+    The chunk writers import numcodecs only when they compress; this fails at
+    DAG-build time instead of in the first preprocess job.
+    """
+    from .io.arrays import COMPRESSIONS
+
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"preprocess.compression must be one of {list(COMPRESSIONS)}, got {compression!r}"
+        )
+    if compression == "none":
+        return
+    try:
+        from numcodecs.blosc import list_compressors
+    except ImportError as error:
+        raise ConfigError(
+            f"preprocess.compression ({compression}) needs the numcodecs package "
+            f"({error}); install it or set preprocess.compression: none"
+        ) from error
+    if compression not in list_compressors():
+        raise ConfigError(
+            f"preprocess.compression ({compression}): this numcodecs build offers only "
+            f"{list_compressors()}"
+        )
+
+
 def check_config(config: dict) -> None:
     """Cross-field checks the JSON schema cannot express."""
     pre = config["preprocess"]
@@ -47,6 +75,7 @@ def check_config(config: dict) -> None:
             f"preprocess.reference_inner_radius_um ({pre['reference_inner_radius_um']}) "
             f"must be below preprocess.reference_radius_um ({pre['reference_radius_um']})"
         )
+    check_compression(pre["compression"])
     dec = config["deconvolve"]
     if dec["amplitude_min"] >= dec["amplitude_max"]:
         raise ConfigError(
@@ -78,8 +107,9 @@ def check_config(config: dict) -> None:
         )
     if 0 < motion["time_horizon_s"] < motion["time_bin_s"]:
         raise ConfigError(
-            f"motion.time_horizon_s ({motion['time_horizon_s']}) must be 0 (all pairs) "
-            f"or at least motion.time_bin_s ({motion['time_bin_s']})"
+            f"motion.time_horizon_s ({motion['time_horizon_s']}) must be 0 (all pairs, "
+            f"memory growing with the square of the recording's length) or at least "
+            f"motion.time_bin_s ({motion['time_bin_s']})"
         )
     nn = config["nn"]
     low, high = nn["amplitude_range"]

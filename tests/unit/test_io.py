@@ -13,8 +13,11 @@ from shardsort.io.arrays import (
     ChunkedRecording,
     atomic_path,
     atomic_write_bytes,
+    compression_of,
     read_array,
+    read_rows,
     read_sidecar,
+    round_mantissa,
     write_array,
 )
 from shardsort.io.geometry import default_geometry, load_geometry
@@ -292,6 +295,208 @@ def test_read_array_detects_a_truncated_file(tmp_path):
         ValueError, match="holds 40 bytes but its sidecar describes 80 bytes"
     ):
         read_array(path)
+
+
+# ------------------------------------------------------------- compressed arrays
+
+
+def noise_int16(n_samples: int, n_channels: int, steps_per_sd: float = 32.0) -> np.ndarray:
+    """Preprocessed-like chunk: Gaussian noise in int16 steps, a few saturated values."""
+    rng = np.random.default_rng(5)
+    data = np.rint(rng.standard_normal((n_samples, n_channels)) * steps_per_sd)
+    data[::97, 0] = 32767
+    data[::89, -1] = -32767
+    return np.clip(data, -32767, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+@pytest.mark.parametrize(
+    ("dtype", "shape", "block_rows"),
+    [
+        ("int16", (1000, 7), 64),  # 15 full blocks and a partial one
+        ("int16", (128, 3), 64),  # exactly two blocks
+        ("int16", (5, 3), 2048),  # one short block
+        ("int16", (0, 4), 16),  # empty: no block
+        ("float32", (300, 2), 50),
+        ("int16", (77,), 10),  # 1-D
+    ],
+)
+def test_compressed_array_roundtrip_is_exact(tmp_path, compression, dtype, shape, block_rows):
+    data = (noise_int16(shape[0], shape[1] if len(shape) > 1 else 1).reshape(shape)
+            if dtype == "int16" else make_data(dtype, *shape))
+    path = tmp_path / "c.bin"
+    write_array(path, data, compression=compression, block_rows=block_rows,
+                sampling_rate_hz=30000.0, start_sample=7, scale=1 / 32)
+    side = read_sidecar(path)
+    assert side["compression"]["cname"] == compression and compression_of(side) == compression
+    assert (side["start_sample"], side["scale"], side["shape"]) == (7, 1 / 32, shape)
+    assert side["compression"]["file_bytes"] == os.path.getsize(path)
+    for mmap in (True, False):
+        back = read_array(path, mmap=mmap)
+        assert back.dtype == data.dtype and back.shape == data.shape
+        np.testing.assert_array_equal(back, data)
+    assert sorted(os.listdir(tmp_path)) == ["c.bin", "c.bin.yaml"]
+
+
+def test_compressed_int16_noise_is_smaller_than_plain(tmp_path):
+    data = noise_int16(30000, 16)
+    write_array(tmp_path / "c.bin", data, compression="lz4")
+    write_array(tmp_path / "p.bin", data)
+    assert compression_of(read_sidecar(tmp_path / "p.bin")) == "none"
+    ratio = os.path.getsize(tmp_path / "c.bin") / os.path.getsize(tmp_path / "p.bin")
+    assert ratio < 0.7  # ~0.57 at 32 steps per noise SD
+
+
+def test_read_rows_decodes_any_window_of_blocks(tmp_path):
+    data = noise_int16(200, 3)
+    write_array(tmp_path / "c.bin", data, compression="lz4", block_rows=16)
+    write_array(tmp_path / "p.bin", data)
+    for start, stop in [(0, 200), (0, 1), (15, 17), (16, 32), (31, 33), (190, 200),
+                        (50, 50), (0, 16), (199, 200), (37, 151)]:
+        for name in ("c.bin", "p.bin"):
+            np.testing.assert_array_equal(
+                read_rows(tmp_path / name, start, stop), data[start:stop]
+            )
+    with pytest.raises(ValueError, match=r"rows \[190, 201\) of .*c\.bin' must lie within"):
+        read_rows(tmp_path / "c.bin", 190, 201)
+
+
+def test_chunked_recording_of_compressed_chunks_equals_the_plain_one(tmp_path):
+    """Windows across block and chunk borders read the same from compressed
+    chunks, plain chunks and the concatenated array (also a mix of both)."""
+    data = noise_int16(300, 5)
+    lengths = [100, 37, 0, 163]
+    (tmp_path / "plain").mkdir()
+    plain = write_chunks(tmp_path / "plain", data, lengths, scale=1 / 32)
+    packed, start = [], 0
+    (tmp_path / "packed").mkdir()
+    for index, length in enumerate(lengths):
+        path = tmp_path / "packed" / f"t{index:05d}.bin"
+        write_array(path, data[start : start + length], compression="lz4", block_rows=16,
+                    sampling_rate_hz=1000.0, start_sample=start, scale=1 / 32)
+        packed.append(path)
+        start += length
+    whole = data.astype(np.float32) / 32
+    recordings = [ChunkedRecording(plain), ChunkedRecording(packed),
+                  ChunkedRecording([packed[0], plain[1], packed[2], plain[3]]),
+                  ChunkedRecording(packed[1:], n_samples=300)]
+    for start, stop in [(0, 300), (-20, 20), (90, 140), (99, 101), (100, 137),
+                        (136, 138), (15, 17), (290, 320), (131, 260)]:
+        expected = padded_slice(whole, start, stop)
+        for rec in recordings[:3]:
+            np.testing.assert_array_equal(rec.get_traces(start, stop), expected)
+            np.testing.assert_array_equal(rec.get_traces(start, stop, channels=[4, 1]),
+                                          expected[:, [4, 1]])
+        if start >= 100:
+            np.testing.assert_array_equal(recordings[3].get_traces(start, stop), expected)
+
+
+def flip_byte(path: Path, position: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(position)
+        byte = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupted_or_truncated_compressed_file_names_the_file(tmp_path):
+    data = noise_int16(500, 4)
+    path = tmp_path / "t00003.bin"
+    write_array(path, data, compression="lz4", block_rows=64, start_sample=0)
+    size = os.path.getsize(path)
+    flip_byte(path, size - 10)  # inside the last block
+    rec = ChunkedRecording([path], n_samples=500)
+    np.testing.assert_array_equal(rec.get_traces(0, 64), data[:64])  # other blocks fine
+    with pytest.raises(ValueError, match=r"t00003\.bin'.*block 7 .*checksum"):
+        rec.get_traces(400, 500)
+    with pytest.raises(ValueError, match=r"t00003\.bin'.*block 7 .*checksum"):
+        read_array(path)
+
+    write_array(path, data, compression="lz4", block_rows=64)
+    with open(path, "r+b") as handle:
+        handle.truncate(size - 100)
+    with pytest.raises(ValueError, match=r"t00003\.bin' holds .* bytes but its sidecar "
+                                         r"describes a compressed file of"):
+        read_array(path)
+
+    write_array(path, data, compression="lz4", block_rows=64)
+    flip_byte(path, 0)  # the header
+    with pytest.raises(ValueError, match="does not start with the compressed-array header"):
+        read_array(path)
+
+
+def test_sidecar_and_data_that_disagree_are_reported(tmp_path):
+    data = noise_int16(100, 2)
+    path = tmp_path / "a.bin"
+    write_array(path, data, compression="zstd", block_rows=10)
+    packed_side = (tmp_path / "a.bin.yaml").read_text()
+    write_array(path, data, compression="none")  # sidecar says plain, file plain
+    plain_size = os.path.getsize(path)
+    (tmp_path / "a.bin.yaml").write_text(packed_side)  # now the sidecar says compressed
+    with pytest.raises(ValueError, match=r"a\.bin' holds 400 bytes but its sidecar describes a "
+                                         "compressed file"):
+        read_array(path)
+    side = read_sidecar(path)
+    side["compression"]["file_bytes"] = plain_size
+    side["dtype"] = side["dtype"].str
+    side["shape"] = list(side["shape"])
+    import yaml
+
+    (tmp_path / "a.bin.yaml").write_text(yaml.safe_dump(side))
+    with pytest.raises(ValueError, match="does not start with the compressed-array header"):
+        read_array(path)
+    # A plain sidecar over a compressed file: the size check names it.
+    write_array(path, data, compression="lz4", start_sample=0)
+    write_array(tmp_path / "b.bin", data, start_sample=0)
+    os.replace(tmp_path / "b.bin.yaml", tmp_path / "a.bin.yaml")
+    with pytest.raises(ValueError, match=r"a\.bin' holds \d+ bytes but its sidecar describes 400"):
+        ChunkedRecording([path]).get_traces(0, 10)
+
+
+def test_round_mantissa_keeps_the_relative_error_below_half_a_step():
+    rng = np.random.default_rng(1)
+    values = (rng.standard_normal(20000) * 10.0 ** rng.uniform(-3, 3, 20000)).astype(np.float32)
+    for bits in (5, 7, 12):
+        rounded = round_mantissa(values, bits=bits)
+        assert rounded.dtype == np.float32
+        relative = np.abs(rounded.astype(np.float64) - values) / np.abs(values)
+        assert relative.max() <= 2.0 ** -(bits + 1)
+        assert not (rounded.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1)).any()
+        np.testing.assert_array_equal(round_mantissa(rounded, bits=bits), rounded)  # idempotent
+    exact = np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-9, -2.0 - 2**-8, 0.0, -0.0, np.inf, np.nan],
+                     np.float32)
+    np.testing.assert_array_equal(
+        round_mantissa(exact, bits=7),
+        np.array([1.0, 1.0, 1.0 + 2**-7, -2.0, 0.0, -0.0, np.inf, np.nan], np.float32),
+    )  # ties to even; zeros, infinities and NaN unchanged
+    np.testing.assert_array_equal(round_mantissa(values, bits=23), values)
+    with pytest.raises(ValueError, match=r"bits must be an integer in \[1, 23\], got 0"):
+        round_mantissa(values, bits=0)
+
+
+def test_write_array_rounds_float32_mantissas_when_asked(tmp_path):
+    data = make_data("float32", 500, 4)
+    path = tmp_path / "f.f32"
+    write_array(path, data, compression="lz4", mantissa_bits=7, start_sample=0)
+    assert read_sidecar(path)["compression"]["mantissa_bits"] == 7
+    np.testing.assert_array_equal(read_array(path), round_mantissa(data, bits=7))
+    write_array(tmp_path / "exact.f32", data, compression="lz4")
+    assert os.path.getsize(path) < 0.6 * os.path.getsize(tmp_path / "exact.f32")
+    with pytest.raises(ValueError, match="mantissa_bits needs compression and a float32 array"):
+        write_array(path, data, mantissa_bits=7)
+    with pytest.raises(ValueError, match="got compression='lz4' and dtype int16"):
+        write_array(path, noise_int16(10, 2), compression="lz4", mantissa_bits=7)
+
+
+def test_write_array_rejects_bad_compression(tmp_path):
+    with pytest.raises(ValueError, match=r"compression must be one of \['none', 'lz4', "
+                                         r"'zstd'\] or None, got 'gzip'"):
+        write_array(tmp_path / "a.bin", np.zeros((4, 2), np.int16), compression="gzip")
+    with pytest.raises(ValueError, match="a compressed array must be at least 1-D"):
+        write_array(tmp_path / "a.bin", np.array(3), compression="lz4")
+    with pytest.raises(ValueError, match="block_rows must be an integer >= 1, got 0"):
+        write_array(tmp_path / "a.bin", np.zeros((4, 2), np.int16), compression="lz4",
+                    block_rows=0)
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

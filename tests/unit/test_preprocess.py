@@ -803,3 +803,32 @@ def test_zero_nonfinite_zeroes_the_window_and_counts_the_core() -> None:
     assert zero_nonfinite(ints, core_start=0, core_stop=10)[0] is ints
     with pytest.raises(ValueError, match="core_start, core_stop"):
         zero_nonfinite(clean, core_start=5, core_stop=11)
+
+
+def test_check_compression_accepts_the_codecs_and_names_a_bad_value() -> None:
+    from shardsort.workflow import ConfigError, check_compression
+
+    for value in ("none", "lz4", "zstd"):
+        check_compression(value)
+    with pytest.raises(ConfigError, match=r"preprocess.compression must be one of "
+                                          r"\['none', 'lz4', 'zstd'\], got 'gzip'"):
+        check_compression("gzip")
+
+
+def test_int16_chunks_at_32_steps_per_sd_compress_and_cost_no_precision(tmp_path) -> None:
+    """The default storage of preprocessed chunks: int16 in steps of 1/32 noise SD
+    adds 1/(12 * 32**2) of the noise variance and compresses to ~0.57 of int16;
+    the compressed file reads back exactly."""
+    from shardsort.io.arrays import read_array, write_array
+
+    rng = np.random.default_rng(2)
+    traces = rng.standard_normal((60000, 16)).astype(np.float32) * np.float32(7.0)
+    out = apply_preprocessing(traces, scales=np.full(16, 7.0), reference_mode="none",
+                              output_dtype="int16", int16_scale=32.0)
+    error = out / np.float32(32.0) - traces / np.float32(7.0)
+    assert abs(float(np.var(error)) - 1 / (12 * 32**2)) < 1e-5
+    write_array(tmp_path / "c.bin", out, compression="lz4", scale=1 / 32)
+    write_array(tmp_path / "p.bin", out, scale=1 / 32)
+    np.testing.assert_array_equal(read_array(tmp_path / "c.bin"), out)
+    ratio = (tmp_path / "c.bin").stat().st_size / (tmp_path / "p.bin").stat().st_size
+    assert 0.45 < ratio < 0.65, ratio
