@@ -23,6 +23,9 @@ Sections (run in this order; ``--only`` picks some):
 ``profile``     per-stage time against each stage's physical floor, job start-up,
                 --cores 1 vs 2 and a projection for 16 and 64 cores from the job
                 graph (384 channels x 1 min; issue 16; ~8 min)
+``motion_scaling`` memory and time of the motion job (drift estimate) at 10 min to
+                4 h of a 384-channel probe, dense all-pairs version against
+                the banded one (issue 17; ~10 min)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -58,6 +61,7 @@ from pathlib import Path  # noqa: E402
 import bench_detection  # noqa: E402
 import bench_disk  # noqa: E402
 import bench_kernels  # noqa: E402
+import bench_motion  # noqa: E402
 import bench_nn  # noqa: E402
 import bench_phase_shift  # noqa: E402
 import bench_plan  # noqa: E402
@@ -70,7 +74,7 @@ from benchlib import Context, Table, load_config  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
     "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile",
+    "disk", "profile", "motion_scaling",
 )
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
@@ -83,10 +87,11 @@ TITLES = {
     "kernels": "7. Kernel speed before/after (issue 16)",
     "disk": "8. Disk footprint (issue 17)",
     "profile": "9. Profile per stage and parallel efficiency (issue 16)",
+    "motion_scaling": "10. Motion job versus recording length (issue 17)",
 }
 SUMMARY_ORDER = (
     "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile",
+    "disk", "profile", "motion_scaling",
 )
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_disk.run(ctx)
             elif name == "profile":
                 tables = bench_profile.run(ctx)
+            elif name == "motion_scaling":
+                tables = bench_motion.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)

@@ -110,8 +110,11 @@ figure = report.motion_figure(histogram, edges, time_s, displacement, centres, b
                               labels=labels)
 with atomic_path(snakemake.output.figure) as tmp:
     report.save_figure(figure, tmp)
-log.info("%d peaks in %d time bins of %.3f s; %d depth window(s); displacement range %s um",
-         n_peaks, n_bins, bin_s, len(centres), np.round(span, 1).tolist())
+pairs = settings["time_horizon_bins"]
+log.info("%d peaks in %d time bins of %.3f s; pairs of time bins %s; %d depth window(s); "
+         "displacement range %s um", n_peaks, n_bins, bin_s,
+         f"at most {pairs} bins apart" if 0 < pairs < n_bins - 1 else "all",
+         len(centres), np.round(span, 1).tolist())
 if per_shank:
     for s in shanks:
         mine = window_shank == s

@@ -14,12 +14,17 @@ Three stages fix that, each a pure kernel here:
 2. ``motion`` (one global job): :func:`estimate_motion` registers the
    histograms of all time bins against each other, decentralized registration
    as in Varol et al. (2021) and SpikeInterface's ``decentralized`` method:
-   every pair of time bins is cross-correlated over depth lags up to a
-   maximum displacement; the best lag of each pair is an estimate of the
-   difference of their displacements; a least-squares fit weighted by the
-   pairs' correlation (then refitted without outlying pairs) gives one
-   displacement per time bin, which is then smoothed in time. Non-rigid
-   motion repeats this in overlapping Gaussian depth windows.
+   every pair of time bins at most a time horizon apart is cross-correlated
+   over depth lags up to a maximum displacement; the best lag of each pair is
+   an estimate of the difference of their displacements; a least-squares fit
+   weighted by the pairs' correlation (then refitted without outlying pairs)
+   gives one displacement per time bin, which is then smoothed in time.
+   Non-rigid motion repeats this in overlapping Gaussian depth windows. The
+   pairs are banded in time (``n_time_bins x (H + 1)`` arrays for a horizon
+   of ``H`` bins) and the fit is a banded Cholesky solve, so memory grows
+   linearly and time as ``n H (depth bins x lags + H)`` with the recording's
+   length; a 4-h recording fits (all pairs would need ``n**2`` memory and an
+   ``n**3`` solve).
 3. ``correct[t]`` (per time chunk): :func:`correct_motion` resamples the
    traces at positions moved by the displacement (Gaussian-kernel kriging over
    the probe geometry, as Kilosort's ``datashift`` and SpikeInterface's
@@ -50,6 +55,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
+from scipy.linalg import solveh_banded
 from scipy.ndimage import gaussian_filter1d
 
 from .checks import check_int as _check_int
@@ -309,21 +315,66 @@ def depth_windows(
     return centres, weights
 
 
+def band_pairs(n_time_bins: int, *, horizon_bins: int = 0) -> int:
+    """Band width of the pairs registered: the largest time-bin distance of a pair.
+
+    Parameters
+    ----------
+    n_time_bins : int
+        Number of time bins (>= 0).
+    horizon_bins : int
+        Pairs at most this many bins apart (>= 0; 0: all pairs).
+
+    Returns
+    -------
+    int
+        ``min(horizon_bins, n_time_bins - 1)`` (``n_time_bins - 1`` for 0),
+        at least 0: the banded arrays of :func:`pairwise_shifts` have this
+        plus one rows.
+    """
+    n_time_bins = _check_int("n_time_bins", n_time_bins, 0)
+    horizon_bins = _check_int("horizon_bins", horizon_bins, 0)
+    widest = max(n_time_bins - 1, 0)
+    return widest if horizon_bins == 0 else min(horizon_bins, widest)
+
+
+def _refined_lag(curves: np.ndarray, best: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """Lag of the maximum at index ``best`` refined by a parabola through its neighbours."""
+    n_lags = len(lags)
+    peak = np.take_along_axis(curves, best[None], axis=0)[0]
+    left = np.take_along_axis(curves, np.maximum(best - 1, 0)[None], axis=0)[0]
+    right = np.take_along_axis(curves, np.minimum(best + 1, n_lags - 1)[None], axis=0)[0]
+    interior = (best > 0) & (best < n_lags - 1)
+    curvature = left - 2.0 * peak + right
+    offset = np.zeros_like(peak)
+    ok = interior & (curvature < 0)
+    offset[ok] = np.clip(0.5 * (left[ok] - right[ok]) / curvature[ok], -0.5, 0.5)
+    return lags[best] + offset
+
+
 def pairwise_shifts(
     histograms: npt.ArrayLike,
     *,
     max_lag_bins: int,
     window: npt.ArrayLike | None = None,
+    horizon_bins: int = 0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Best depth lag and its correlation for every pair of time bins.
+    """Best depth lag and its correlation for every pair of time bins within a horizon.
 
     Each histogram is centred (its ``window``-weighted mean over depth
     removed), multiplied by ``window`` and scaled to unit norm;
     ``c[i, j](l) = sum_y h_i(y) h_j(y + l)`` for ``|l| <= max_lag_bins``
     (zero beyond the ends). Outside the window the centred histograms are 0,
     so empty depths beyond the probe do not pull the lags towards 0. The best
-    lag is refined to a fraction of a bin by a parabola through the peak and
-    its two neighbours.
+    lag (the first maximum) is refined to a fraction of a bin by a parabola
+    through the peak and its two neighbours. The reversed pair's curve is the
+    mirrored curve, ``c[j, i](l) = c[i, j](-l)``; the lag of a pair is the
+    mean of the two directions' lags (antisymmetric), its correlation the
+    common maximum (symmetric).
+
+    Only pairs at most ``horizon_bins`` time bins apart are computed and
+    stored, block by block of time bins: memory ``O(n_time_bins * H)`` with
+    ``H = band_pairs(n_time_bins, horizon_bins=horizon_bins)``.
 
     Parameters
     ----------
@@ -332,15 +383,20 @@ def pairwise_shifts(
         Largest lag tried (>= 0).
     window : array_like, shape (n_depth_bins,), optional
         Non-negative depth weights (default: all 1).
+    horizon_bins : int
+        Pairs at most this many time bins apart (>= 0; 0: all pairs).
 
     Returns
     -------
-    lag : ndarray of float64, shape (n_time_bins, n_time_bins)
-        ``lag[i, j]``: the shift (in bins) that best maps histogram ``i`` onto
-        ``j``, an estimate of ``displacement[j] - displacement[i]``;
-        antisymmetric.
-    correlation : ndarray of float64, shape (n_time_bins, n_time_bins)
-        The correlation at that lag (symmetric); 0 where a histogram is flat.
+    lag : ndarray of float64, shape (H + 1, n_time_bins)
+        Banded: ``lag[d, i]`` is the shift (in bins) that best maps histogram
+        ``i`` onto ``i + d``, an estimate of ``displacement[i + d] -
+        displacement[i]`` (the reversed pair's lag is ``-lag[d, i]``). Row 0
+        (each bin with itself) is 0, as are the entries with ``i + d >=
+        n_time_bins``.
+    correlation : ndarray of float64, shape (H + 1, n_time_bins)
+        The correlation at that lag, banded as ``lag``; 0 where a histogram
+        is flat and beyond the last bin.
     """
     hist = np.asarray(histograms, dtype=np.float64)
     if hist.ndim != 2:
@@ -349,6 +405,7 @@ def pairwise_shifts(
         )
     max_lag = _check_int("max_lag_bins", max_lag_bins, 0)
     n_time, n_depth = hist.shape
+    band = band_pairs(n_time, horizon_bins=horizon_bins)
     weights = np.ones(n_depth) if window is None else np.asarray(window, dtype=np.float64)
     if weights.shape != (n_depth,) or np.any(weights < 0) or not np.all(np.isfinite(weights)):
         raise ValueError(
@@ -363,34 +420,40 @@ def pairwise_shifts(
     centred[valid] /= norm[valid, None]
     centred[~valid] = 0.0
     lags = np.arange(-max_lag, max_lag + 1)
-    lag_out = np.zeros((n_time, n_time))
-    corr_out = np.zeros((n_time, n_time))
-    block = max(1, _PAIR_BLOCK_VALUES // max(1, len(lags) * n_time))
+    n_lags = len(lags)
+    lag_out = np.zeros((band + 1, n_time))
+    corr_out = np.zeros((band + 1, n_time))
+    # Rows [lo, hi) against partners [lo, hi + band): the block's band pairs
+    # and a few more; blocks of about band / 4 rows waste about a quarter.
+    block = max(1, min(max(16, (band + 1) // 4), n_time))
+    while block > 1 and n_lags * block * (block + band) > _PAIR_BLOCK_VALUES:
+        block //= 2
+    offsets = np.arange(band + 1)
     for lo in range(0, n_time, block):
-        rows = centred[lo : lo + block]
-        curves = np.empty((len(lags), len(rows), n_time))
+        hi = min(lo + block, n_time)
+        rows = centred[lo:hi]
+        partners = centred[lo : min(hi + band, n_time)]
+        curves = np.empty((n_lags, hi - lo, len(partners)))
         for k, lag in enumerate(lags):
             if lag >= 0:
-                curves[k] = rows[:, : n_depth - lag] @ centred[:, lag:].T
+                curves[k] = rows[:, : n_depth - lag] @ partners[:, lag:].T
             else:
-                curves[k] = rows[:, -lag:] @ centred[:, : n_depth + lag].T
-        best = np.argmax(curves, axis=0)  # first maximum: deterministic
-        peak = np.take_along_axis(curves, best[None], axis=0)[0]
-        left = np.take_along_axis(curves, np.maximum(best - 1, 0)[None], axis=0)[0]
-        right = np.take_along_axis(
-            curves, np.minimum(best + 1, len(lags) - 1)[None], axis=0
-        )[0]
-        interior = (best > 0) & (best < len(lags) - 1)
-        curvature = left - 2.0 * peak + right
-        offset = np.zeros_like(peak)
-        ok = interior & (curvature < 0)
-        offset[ok] = np.clip(0.5 * (left[ok] - right[ok]) / curvature[ok], -0.5, 0.5)
-        lag_out[lo : lo + block] = lags[best] + offset
-        corr_out[lo : lo + block] = peak
-    lag_out = 0.5 * (lag_out - lag_out.T)
-    corr_out = 0.5 * (corr_out + corr_out.T)
-    corr_out[~valid, :] = 0.0
+                curves[k] = rows[:, -lag:] @ partners[:, : n_depth + lag].T
+        # Column of pair (lo + b, lo + b + d): b + d; beyond the last bin: padding.
+        column = np.arange(hi - lo)[:, None] + offsets[None, :]
+        inside = column < len(partners)
+        pairs = curves[:, np.arange(hi - lo)[:, None], np.minimum(column, len(partners) - 1)]
+        first = np.argmax(pairs, axis=0)  # first maximum: deterministic
+        last = n_lags - 1 - np.argmax(pairs[::-1], axis=0)
+        peak = np.take_along_axis(pairs, first[None], axis=0)[0]
+        # The reversed pair's first maximum is this curve's last, mirrored.
+        lag = 0.5 * (_refined_lag(pairs, first, lags) + _refined_lag(pairs, last, lags))
+        lag_out[:, lo:hi] = np.where(inside, lag, 0.0).T
+        corr_out[:, lo:hi] = np.where(inside, peak, 0.0).T
+    lag_out[0] = 0.0
     corr_out[:, ~valid] = 0.0
+    for d in range(1, band + 1):
+        corr_out[d, : n_time - d][~valid[d:]] = 0.0
     lag_out[corr_out == 0.0] = 0.0
     return lag_out, corr_out
 
@@ -404,22 +467,30 @@ def solve_displacement(
 ) -> npt.NDArray[np.float64]:
     """Displacements whose differences best match the pairwise lags.
 
-    Minimises ``sum_ij w[i, j] (p[j] - p[i] - lag[i, j])**2`` with
-    ``mean(p) = 0``, first with ``w = weight``, then by iteratively
-    reweighted least squares with Cauchy weights ``weight / (1 + (r / c)**2)``
-    of the residuals ``r`` of the previous fit, where ``c`` is
-    ``robust_scale`` robust standard deviations of the residuals (1.4826 x
-    their weighted median absolute value, at least 0.5): pairs whose best
-    lag is a spurious match barely count. Time bins without any weighted pair
-    take the linear interpolation of their neighbours (a vanishing
-    first-difference penalty keeps the problem well posed).
+    Minimises ``sum_(d>=1, i) w[d, i] (p[i + d] - p[i] - lag[d, i])**2`` with
+    ``mean(p) = 0`` (each pair once; the same minimum as counting both
+    directions), first with ``w = weight``, then by iteratively reweighted
+    least squares with Cauchy weights ``weight / (1 + (r / c)**2)`` of the
+    residuals ``r`` of the previous fit, where ``c`` is ``robust_scale``
+    robust standard deviations of the residuals (1.4826 x their weighted
+    median absolute value, at least 0.5): pairs whose best lag is a spurious
+    match barely count. Time bins without any weighted pair take the linear
+    interpolation of their neighbours (a vanishing first-difference penalty
+    keeps the problem well posed).
+
+    The normal equations are a banded graph Laplacian (bandwidth ``H``); the
+    gauge is pinned at the best-connected bin and the symmetric
+    positive-definite banded system is solved by a banded Cholesky
+    factorisation: ``O(n H**2)`` time, ``O(n H)`` memory.
 
     Parameters
     ----------
-    lag : array_like, shape (n, n)
-        Antisymmetric pairwise lags (as from :func:`pairwise_shifts`).
-    weight : array_like, shape (n, n)
-        Symmetric, non-negative pair weights.
+    lag : array_like, shape (H + 1, n)
+        Banded pairwise lags (as from :func:`pairwise_shifts`): ``lag[d, i]``
+        estimates ``p[i + d] - p[i]``. Row 0 and the entries with ``i + d >=
+        n`` are ignored.
+    weight : array_like, shape (H + 1, n)
+        Non-negative pair weights, banded as ``lag``.
     robust_iterations : int
         Reweighted refits (>= 0; 0: plain weighted least squares).
     robust_scale : float
@@ -433,53 +504,64 @@ def solve_displacement(
     """
     lag = np.asarray(lag, dtype=np.float64)
     weight = np.asarray(weight, dtype=np.float64)
-    if lag.ndim != 2 or lag.shape[0] != lag.shape[1] or weight.shape != lag.shape:
+    if lag.ndim != 2 or lag.shape[0] < 1 or weight.shape != lag.shape:
         raise ValueError(
-            f"lag and weight must be square arrays of one shape, got {lag.shape} "
-            f"and {weight.shape}"
+            f"lag and weight must be banded arrays (H + 1, n) of one shape, got "
+            f"{lag.shape} and {weight.shape}"
         )
     if np.any(weight < 0) or not np.all(np.isfinite(weight)):
         raise ValueError("weight must be finite and >= 0")
     robust_iterations = _check_int("robust_iterations", robust_iterations, 0)
     robust_scale = _check_positive("robust_scale", robust_scale)
-    n = len(lag)
+    n_rows, n = lag.shape
     if n == 0:
         return np.zeros(0)
-    base = weight.copy()
-    np.fill_diagonal(base, 0.0)
+    offsets = np.arange(n_rows)[:, None]
+    target = offsets + np.arange(n)[None, :]  # the pair's second bin, i + d
+    inside = target < n
+    inside[0] = False  # a bin with itself
+    base = np.where(inside, weight, 0.0)
+    lag = np.where(inside, lag, 0.0)
+    target = np.where(inside, target, 0)
     used = base > 0
-    p = _weighted_least_squares(lag, base)
+    p = _weighted_least_squares(lag, base, target)
     for _ in range(robust_iterations if np.any(used) else 0):
-        residual = np.abs(lag - (p[None, :] - p[:, None]))
+        residual = np.abs(lag - (p[target] - p[None, :]))
         sigma = max(1.4826 * _weighted_median(residual[used], base[used]), 0.5)
         w = base / (1.0 + (residual / (robust_scale * sigma)) ** 2)
-        p = _weighted_least_squares(lag, w)
+        p = _weighted_least_squares(lag, w, target)
     return p
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values, kind="stable")
+    # Tied values are interchangeable: any sort order gives the same value.
+    order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
 
 
-def _weighted_least_squares(lag: np.ndarray, w: np.ndarray) -> np.ndarray:
-    n = len(lag)
-    degree = w.sum(axis=1)
-    laplacian = np.diag(degree) - w
-    rhs = -(w * lag).sum(axis=1)
+def _weighted_least_squares(lag: np.ndarray, w: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Banded weighted least squares; ``w`` is 0 wherever ``target`` is not a pair."""
+    n = lag.shape[1]
+    wl = w * lag
+    # Each pair (i, i + d) enters the rows of both of its bins.
+    degree = w.sum(axis=0) + np.bincount(target.ravel(), w.ravel(), minlength=n)
+    rhs = np.bincount(target.ravel(), wl.ravel(), minlength=n) - wl.sum(axis=0)
     scale = max(float(degree.mean()), 1.0)
+    # Lower banded storage of the normal matrix: band[d, i] = A[i + d, i].
+    band = np.zeros((max(lag.shape[0], 2), n))
+    band[0] = degree
+    band[1 : lag.shape[0]] = -w[1:]
     if n > 1:  # a vanishing chain penalty bridges bins without pairs
-        chain = np.zeros((n, n))
-        i = np.arange(n - 1)
-        chain[i, i] += 1.0
-        chain[i + 1, i + 1] += 1.0
-        chain[i, i + 1] -= 1.0
-        chain[i + 1, i] -= 1.0
-        laplacian += 1e-6 * scale * chain
-    # The constant vector spans the null space; this term fixes mean(p) = 0.
-    system = laplacian + scale / n
-    p = np.linalg.solve(system, rhs)
+        chain = 1e-6 * scale
+        band[0, :-1] += chain
+        band[0, 1:] += chain
+        band[1, :-1] -= chain
+    # The constant vector spans the null space: pin the best-connected bin
+    # (adding to one diagonal entry sets that bin to 0; the right-hand side
+    # sums to zero), then shift to mean zero.
+    band[0, int(np.argmax(degree))] += scale
+    p = solveh_banded(band, rhs, lower=True, check_finite=False)
     return p - p.mean()
 
 
@@ -521,7 +603,9 @@ def estimate_motion(
     min_correlation : float
         Pairs whose best correlation is below this are ignored.
     time_horizon_bins : int
-        Only pairs at most this many time bins apart are registered (0: all).
+        Only pairs at most this many time bins apart are registered (0: all
+        pairs); memory and time grow as ``n_time_bins x time_horizon_bins``
+        instead of ``n_time_bins**2`` (see :func:`pairwise_shifts`).
     robust_iterations : int
         Refits without outlying pairs (see :func:`solve_displacement`).
     smoothing_bins : float
@@ -567,10 +651,6 @@ def estimate_motion(
         hist = gaussian_filter1d(hist, depth_sigma / bin_um, axis=1, mode="constant")
     n_time = hist.shape[0]
     max_lag = int(np.ceil(max_displacement_um / bin_um))
-    near = np.ones((n_time, n_time), dtype=bool)
-    if time_horizon_bins > 0:
-        index = np.arange(n_time)
-        near = np.abs(index[:, None] - index[None, :]) <= time_horizon_bins
     channels = np.asarray(channel_depths_um, dtype=np.float64)
     inner = (depth >= channels.min() + edge_um) & (depth <= channels.max() - edge_um)
     if not np.any(inner):
@@ -580,8 +660,10 @@ def estimate_motion(
         )
     displacement = np.zeros((n_time, len(centres)))
     for k, window in enumerate(windows):
-        lag, corr = pairwise_shifts(hist, max_lag_bins=max_lag, window=window * inner)
-        weight = np.where((corr >= min_correlation) & near & (corr > 0), corr, 0.0)
+        lag, corr = pairwise_shifts(
+            hist, max_lag_bins=max_lag, window=window * inner, horizon_bins=time_horizon_bins
+        )
+        weight = np.where((corr >= min_correlation) & (corr > 0), corr, 0.0)
         p = solve_displacement(lag, weight, robust_iterations=robust_iterations)
         if smoothing_bins > 0 and n_time > 1:
             p = gaussian_filter1d(p, smoothing_bins, mode="nearest")

@@ -142,13 +142,18 @@ def test_pairwise_shift_of_a_moved_histogram():
     base[rng.integers(20, 100, 12)] = rng.uniform(1.0, 5.0, 12)
     hist = np.stack([np.roll(base, shift) for shift in (0, 3, -4, 7)])
     lag, corr = pairwise_shifts(hist, max_lag_bins=15)
+    assert lag.shape == corr.shape == (4, 4)  # banded: lag[d, i] for pair (i, i + d)
     shifts = np.array([0, 3, -4, 7])
-    np.testing.assert_allclose(lag, shifts[None, :] - shifts[:, None], atol=1e-3)
-    assert corr.min() > 0.99
-    np.testing.assert_array_equal(lag, -lag.T)
+    expected = _to_band(shifts[None, :] - shifts[:, None], 3)
+    inside = np.arange(4)[:, None] + np.arange(4)[None, :] < 4
+    np.testing.assert_allclose(lag, np.where(inside, expected, 0.0), atol=1e-3)
+    assert corr[inside].min() > 0.99 and not corr[~inside].any()
+    # A horizon keeps the pairs at most that many bins apart.
+    near, _ = pairwise_shifts(hist, max_lag_bins=15, horizon_bins=1)
+    np.testing.assert_array_equal(near, lag[:2])
     # A flat histogram correlates with nothing.
     lag, corr = pairwise_shifts(np.vstack([hist[:1], np.ones((1, 120))]), max_lag_bins=5)
-    assert corr[0, 1] == corr[1, 0] == corr[1, 1] == 0.0
+    assert corr[1, 0] == corr[0, 1] == 0.0
 
 
 def test_least_squares_recovers_displacements_and_ignores_outlying_pairs():
@@ -157,19 +162,21 @@ def test_least_squares_recovers_displacements_and_ignores_outlying_pairs():
     lag = truth[None, :] - truth[:, None] + rng.normal(0.0, 0.05, (40, 40))
     lag = 0.5 * (lag - lag.T)
     weight = np.ones((40, 40))
-    np.testing.assert_allclose(solve_displacement(lag, weight, robust_iterations=0),
-                               truth, atol=0.05)
+    np.testing.assert_allclose(
+        solve_displacement(_to_band(lag, 39), _to_band(weight, 39), robust_iterations=0),
+        truth, atol=0.05,
+    )
     bad = np.triu(rng.uniform(size=(40, 40)) < 0.15, 1)
     bad |= bad.T
-    corrupted = np.where(bad, lag + np.sign(lag + 0.1) * 12.0, lag)
-    plain = solve_displacement(corrupted, weight, robust_iterations=0)
-    robust = solve_displacement(corrupted, weight, robust_iterations=10)
+    corrupted = _to_band(np.where(bad, lag + np.sign(lag + 0.1) * 12.0, lag), 39)
+    plain = solve_displacement(corrupted, _to_band(weight, 39), robust_iterations=0)
+    robust = solve_displacement(corrupted, _to_band(weight, 39), robust_iterations=10)
     assert np.abs(plain - truth).max() > 1.0
     np.testing.assert_allclose(robust, truth, atol=0.2)
     # A time bin without any pair takes the mean of its neighbours.
     holes = weight.copy()
     holes[10, :] = holes[:, 10] = 0.0
-    fitted = solve_displacement(lag, holes, robust_iterations=0)
+    fitted = solve_displacement(_to_band(lag, 39), _to_band(holes, 39), robust_iterations=0)
     assert abs(fitted[10] - 0.5 * (fitted[9] + fitted[11])) < 1e-3
 
 
@@ -502,3 +509,211 @@ def test_kriging_never_mixes_shanks():
     # The probe's extent alone would let the short shank read 30 um past its end.
     plain = interpolation_matrix(short, up, sigma_um=20.0, border="zero").toarray()
     np.testing.assert_array_equal(np.flatnonzero(~plain.any(axis=1)), [30, 31])
+
+
+# ---------------------------------------------------------------------------
+# Banded registration against the dense (all pairs, n x n) algorithm
+# ---------------------------------------------------------------------------
+
+
+def _dense_pairwise_shifts(hist, *, max_lag_bins, window=None):
+    """The dense reference: every pair of time bins, n x n lag and correlation."""
+    hist = np.asarray(hist, dtype=np.float64)
+    n_time, n_depth = hist.shape
+    weights = np.ones(n_depth) if window is None else np.asarray(window, dtype=np.float64)
+    max_lag = min(max_lag_bins, max(n_depth - 1, 0))
+    total = weights.sum()
+    mean = (hist @ weights) / total if total > 0 else np.zeros(n_time)
+    centred = (hist - mean[:, None]) * weights[None, :]
+    norm = np.linalg.norm(centred, axis=1)
+    valid = norm > 1e-12 * max(1.0, float(norm.max(initial=0.0)))
+    centred[valid] /= norm[valid, None]
+    centred[~valid] = 0.0
+    lags = np.arange(-max_lag, max_lag + 1)
+    curves = np.empty((len(lags), n_time, n_time))
+    for k, lag in enumerate(lags):
+        if lag >= 0:
+            curves[k] = centred[:, : n_depth - lag] @ centred[:, lag:].T
+        else:
+            curves[k] = centred[:, -lag:] @ centred[:, : n_depth + lag].T
+    best = np.argmax(curves, axis=0)
+    peak = np.take_along_axis(curves, best[None], axis=0)[0]
+    left = np.take_along_axis(curves, np.maximum(best - 1, 0)[None], axis=0)[0]
+    right = np.take_along_axis(curves, np.minimum(best + 1, len(lags) - 1)[None], axis=0)[0]
+    curvature = left - 2.0 * peak + right
+    offset = np.zeros_like(peak)
+    ok = (best > 0) & (best < len(lags) - 1) & (curvature < 0)
+    offset[ok] = np.clip(0.5 * (left[ok] - right[ok]) / curvature[ok], -0.5, 0.5)
+    lag_out = lags[best] + offset
+    lag_out = 0.5 * (lag_out - lag_out.T)
+    corr_out = 0.5 * (peak + peak.T)
+    corr_out[~valid, :] = 0.0
+    corr_out[:, ~valid] = 0.0
+    lag_out[corr_out == 0.0] = 0.0
+    return lag_out, corr_out
+
+
+def _dense_weighted_median(values, weights):
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def _dense_least_squares(lag, w):
+    n = len(lag)
+    degree = w.sum(axis=1)
+    laplacian = np.diag(degree) - w
+    rhs = -(w * lag).sum(axis=1)
+    scale = max(float(degree.mean()), 1.0)
+    if n > 1:
+        chain = np.zeros((n, n))
+        i = np.arange(n - 1)
+        chain[i, i] += 1.0
+        chain[i + 1, i + 1] += 1.0
+        chain[i, i + 1] -= 1.0
+        chain[i + 1, i] -= 1.0
+        laplacian += 1e-6 * scale * chain
+    p = np.linalg.solve(laplacian + scale / n, rhs)
+    return p - p.mean()
+
+
+def _dense_solve_displacement(lag, weight, *, robust_iterations=10, robust_scale=2.385):
+    base = np.array(weight, dtype=np.float64)
+    np.fill_diagonal(base, 0.0)
+    used = base > 0
+    p = _dense_least_squares(lag, base)
+    for _ in range(robust_iterations if np.any(used) else 0):
+        residual = np.abs(lag - (p[None, :] - p[:, None]))
+        sigma = max(1.4826 * _dense_weighted_median(residual[used], base[used]), 0.5)
+        p = _dense_least_squares(lag, base / (1.0 + (residual / (robust_scale * sigma)) ** 2))
+    return p
+
+
+def _dense_estimate_motion(hist, *, depth_um, channel_depths_um, bin_um, max_displacement_um,
+                           rigid=True, window_step_um=100.0, window_sigma_um=100.0,
+                           min_correlation=0.1, time_horizon_bins=0, robust_iterations=10,
+                           edge_um=0.0):
+    """The dense algorithm of estimate_motion (no smoothing in time)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    hist = gaussian_filter1d(np.asarray(hist, dtype=np.float64), 1.0, axis=1, mode="constant")
+    centres, windows = depth_windows(depth_um, channel_depths_um=channel_depths_um,
+                                     rigid=rigid, window_step_um=window_step_um,
+                                     window_sigma_um=window_sigma_um)
+    n_time = hist.shape[0]
+    index = np.arange(n_time)
+    near = np.ones((n_time, n_time), dtype=bool)
+    if time_horizon_bins > 0:
+        near = np.abs(index[:, None] - index[None, :]) <= time_horizon_bins
+    channels = np.asarray(channel_depths_um)
+    inner = (depth_um >= channels.min() + edge_um) & (depth_um <= channels.max() - edge_um)
+    out = np.zeros((n_time, len(centres)))
+    for k, window in enumerate(windows):
+        lag, corr = _dense_pairwise_shifts(
+            hist, max_lag_bins=int(np.ceil(max_displacement_um / bin_um)), window=window * inner
+        )
+        weight = np.where((corr >= min_correlation) & near & (corr > 0), corr, 0.0)
+        out[:, k] = _dense_solve_displacement(lag, weight, robust_iterations=robust_iterations)
+    return out * bin_um, centres
+
+
+def _to_band(dense, horizon):
+    """Banded rows d = 0..horizon of a dense n x n pair array: band[d, i] = dense[i, i + d]."""
+    n = len(dense)
+    band = np.zeros((horizon + 1, n))
+    for d in range(horizon + 1):
+        band[d, : n - d] = np.diagonal(dense, d)
+    return band
+
+
+def _moving_units(n_time, *, drift_um, n_depth=130, bin_um=5.0, n_units=8, seed=0,
+                  empty=()):
+    """Synthetic depth histograms of Gaussian units moving by drift_um[t] (+ noise)."""
+    rng = np.random.default_rng(seed)
+    depth = (np.arange(n_depth) - 1) * bin_um + 0.5 * bin_um
+    centres = rng.uniform(depth[0] + 40.0, depth[-1] - 40.0, n_units)
+    rates = rng.uniform(5.0, 30.0, n_units)
+    shape = np.exp(-0.5 * ((depth[None, None, :] - centres[None, :, None]
+                            - drift_um[:, None, None]) / 8.0) ** 2)
+    hist = rng.poisson((shape * rates[None, :, None]).sum(axis=1) + 0.2).astype(np.float64)
+    hist[list(empty)] = 0.0
+    return hist, depth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_banded_pairwise_shifts_equal_the_dense_pairs(seed):
+    rng = np.random.default_rng(seed)
+    n_time = 37
+    hist, _ = _moving_units(n_time, drift_um=rng.normal(0.0, 12.0, n_time), n_depth=60,
+                            seed=seed, empty=(3, 20))
+    window = np.exp(-0.5 * ((np.arange(60) - 25.0) / 12.0) ** 2) if seed == 1 else None
+    dense_lag, dense_corr = _dense_pairwise_shifts(hist, max_lag_bins=8, window=window)
+    for horizon in (0, n_time - 1, 50, 9, 1):
+        lag, corr = pairwise_shifts(hist, max_lag_bins=8, window=window, horizon_bins=horizon)
+        width = n_time - 1 if horizon == 0 else min(horizon, n_time - 1)
+        assert lag.shape == corr.shape == (width + 1, n_time)
+        np.testing.assert_allclose(lag[1:], _to_band(dense_lag, width)[1:], atol=1e-9)
+        np.testing.assert_allclose(corr[1:], _to_band(dense_corr, width)[1:], atol=1e-12)
+        assert not lag[0].any() and not corr[0, [3, 20]].any()
+        d = np.arange(width + 1)[:, None]
+        assert not corr[d + np.arange(n_time)[None, :] >= n_time].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_banded_solve_equals_the_dense_solve(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    truth = np.cumsum(rng.normal(0.0, 1.0, n))
+    lag = truth[None, :] - truth[:, None] + rng.normal(0.0, 0.3, (n, n))
+    bad = np.triu(rng.uniform(size=(n, n)) < 0.1, 1)
+    lag = np.where(bad | bad.T, lag + 9.0, lag)
+    lag = 0.5 * (lag - lag.T)
+    weight = rng.uniform(0.0, 1.0, (n, n))
+    weight = 0.5 * (weight + weight.T) * (rng.uniform(size=(n, n)) < 0.7)
+    weight = np.triu(weight, 1) + np.triu(weight, 1).T
+    weight[:, [5, 6, 40]] = weight[[5, 6, 40], :] = 0.0  # bins without pairs
+    for horizon in (n - 1, 12, 3):
+        near = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]) <= horizon
+        for iterations in (0, 10):
+            dense = _dense_solve_displacement(lag, weight * near, robust_iterations=iterations)
+            banded = solve_displacement(_to_band(lag, horizon), _to_band(weight, horizon),
+                                        robust_iterations=iterations)
+            np.testing.assert_allclose(banded, dense, atol=1e-6)
+            assert abs(banded.mean()) < 1e-9
+    assert np.array_equal(solve_displacement(np.zeros((3, 1)), np.ones((3, 1))), [0.0])
+    np.testing.assert_array_equal(solve_displacement(np.zeros((4, 9)), np.zeros((4, 9))), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("rigid", "horizon"), [(True, 0), (True, 10), (False, 0), (False, 14)]
+)
+def test_estimate_motion_equals_the_dense_algorithm(rigid, horizon):
+    n_time = 48
+    t = np.arange(n_time)
+    drift = 15.0 * np.sin(t / 7.0) + 0.3 * t
+    hist, depth = _moving_units(n_time, drift_um=drift, n_depth=130, seed=4, empty=(0, 17, 18))
+    channels = np.arange(0.0, 621.0, 20.0)
+    kwargs = dict(depth_um=depth, channel_depths_um=channels, bin_um=5.0,
+                  max_displacement_um=60.0, rigid=rigid, window_step_um=150.0,
+                  window_sigma_um=100.0, time_horizon_bins=horizon, edge_um=20.0)
+    dense, dense_centres = _dense_estimate_motion(hist, **kwargs)
+    banded, centres = estimate_motion(hist, **kwargs)
+    np.testing.assert_array_equal(centres, dense_centres)
+    np.testing.assert_allclose(banded / 5.0, dense / 5.0, atol=1e-6)  # in bins
+    error = _centred(banded) - _centred(drift[:, None])
+    assert np.abs(np.delete(error, [0, 17, 18], axis=0)).max() < (3.0 if rigid else 4.5)
+
+
+def test_a_time_horizon_recovers_a_slow_drift_over_two_hours():
+    """3,600 bins of 2 s: a 2-h ramp plus a zigzag, registered within 10 min."""
+    n_time = 3600
+    t = np.arange(n_time)
+    zigzag = 6.0 * np.abs((t / 150.0) % 2.0 - 1.0)
+    drift = 40.0 * t / n_time + zigzag
+    hist, depth = _moving_units(n_time, drift_um=drift, n_depth=130, n_units=6, seed=5)
+    estimate, _ = estimate_motion(
+        hist, depth_um=depth, channel_depths_um=np.arange(0.0, 621.0, 20.0), bin_um=5.0,
+        max_displacement_um=100.0, edge_um=20.0, time_horizon_bins=300,
+    )
+    error = estimate[:, 0] - _centred(drift)
+    assert np.sqrt(np.mean(error**2)) < 1.0, np.sqrt(np.mean(error**2))
