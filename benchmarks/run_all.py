@@ -26,6 +26,9 @@ Sections (run in this order; ``--only`` picks some):
 ``motion_scaling`` memory and time of the motion job (drift estimate) at 10 min to
                 4 h of a 384-channel probe, dense all-pairs version against
                 the banded one (issue 17; ~10 min)
+``global_memory`` peak RSS of every global job (merge_spikes ... report) against the
+                number of spikes, on synthetic 384-channel inputs; MB per
+                million spikes and the 2 h x 384 ch projection (issue 17; ~5 min)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -60,6 +63,7 @@ from pathlib import Path  # noqa: E402
 
 import bench_detection  # noqa: E402
 import bench_disk  # noqa: E402
+import bench_global_memory  # noqa: E402
 import bench_kernels  # noqa: E402
 import bench_motion  # noqa: E402
 import bench_nn  # noqa: E402
@@ -74,7 +78,7 @@ from benchlib import Context, Table, load_config  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
     "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile", "motion_scaling",
+    "disk", "profile", "motion_scaling", "global_memory",
 )
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
@@ -88,10 +92,11 @@ TITLES = {
     "disk": "8. Disk footprint (issue 17)",
     "profile": "9. Profile per stage and parallel efficiency (issue 16)",
     "motion_scaling": "10. Motion job versus recording length (issue 17)",
+    "global_memory": "11. Global jobs' peak memory versus spikes (issue 17)",
 }
 SUMMARY_ORDER = (
     "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile", "motion_scaling",
+    "disk", "profile", "motion_scaling", "global_memory",
 )
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
@@ -276,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_profile.run(ctx)
             elif name == "motion_scaling":
                 tables = bench_motion.run(ctx)
+            elif name == "global_memory":
+                tables = bench_global_memory.run(ctx)
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)

@@ -11,7 +11,11 @@ from shardsort.sortingfile import load_metrics, load_sorting
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
-s = load_sorting(snakemake.input.sorting)
+# Not the per-spike features: the NWB file holds spike times and templates.
+s = load_sorting(
+    snakemake.input.sorting,
+    keys=["spikes", "templates", "whitening", "scales_uv", "channel_positions_um"],
+)
 metrics = load_metrics(snakemake.input.metrics)
 metrics = {
     k: v for k, v in metrics.items() if k not in ("unit_index", "peak_channel", "x_um", "y_um")

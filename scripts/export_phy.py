@@ -2,15 +2,15 @@
 
 import os
 
-import numpy as np
+import h5py
 
 from shardsort.export.phy import write_phy_folder
 from shardsort.jobs import job_logger
-from shardsort.sortingfile import load_metrics, load_sorting
+from shardsort.sortingfile import SMALL_KEYS, load_metrics, load_sorting
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
-s = load_sorting(snakemake.input.sorting)
+s = load_sorting(snakemake.input.sorting, keys=SMALL_KEYS)
 metrics = load_metrics(snakemake.input.metrics)
 metrics = {k: v for k, v in metrics.items() if k not in ("unit_index", "peak_channel", "x_um", "y_um")}
 if spec["order"] != "samples":
@@ -25,22 +25,24 @@ if len(s["spikes"]) == 0:
         spec["name"],
     )
 folder = os.path.dirname(snakemake.output.params)
-write_phy_folder(
-    folder,
-    spikes=s["spikes"],
-    templates=s["templates"],
-    whitening=s["whitening"],
-    scales_uv=s["scales_uv"],
-    channel_positions_um=s["channel_positions_um"],
-    sampling_rate_hz=float(s["attrs"]["sampling_rate_hz"]),
-    pc_features=s["pc_features"],
-    pc_feature_ind=s["pc_feature_ind"],
-    dat_path=os.path.abspath(spec["path"]),
-    dtype=spec["dtype"],
-    n_channels_dat=int(spec["n_file_channels"]),
-    offset=int(spec["offset_bytes"]),
-    dat_gain_uv=float(spec["gain_to_uv"]),
-    hp_filtered=False,
-    metrics=metrics,
-)
+# The per-spike features are copied to pc_features.npy block by block.
+with h5py.File(snakemake.input.sorting, "r") as f:
+    write_phy_folder(
+        folder,
+        spikes=s["spikes"],
+        templates=s["templates"],
+        whitening=s["whitening"],
+        scales_uv=s["scales_uv"],
+        channel_positions_um=s["channel_positions_um"],
+        sampling_rate_hz=float(s["attrs"]["sampling_rate_hz"]),
+        pc_features=f["pc_features"],
+        pc_feature_ind=s["pc_feature_ind"],
+        dat_path=os.path.abspath(spec["path"]),
+        dtype=spec["dtype"],
+        n_channels_dat=int(spec["n_file_channels"]),
+        offset=int(spec["offset_bytes"]),
+        dat_gain_uv=float(spec["gain_to_uv"]),
+        hp_filtered=False,
+        metrics=metrics,
+    )
 log.info("phy folder %s: %d units, %d spikes", folder, len(s["templates"]), len(s["spikes"]))

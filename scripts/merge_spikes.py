@@ -1,26 +1,52 @@
-"""merge_spikes: one spike table per recording from the per-chunk tables."""
+"""merge_spikes: one spike table per recording from the per-chunk tables.
 
+Only the peak tables (24 bytes a spike) are held whole; the per-spike
+features are copied chunk by chunk into the output, in the merged order.
+"""
+
+import h5py
 import numpy as np
 
-from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
-from shardsort.tables import merge_event_tables
+from shardsort.io.arrays import atomic_path
+from shardsort.jobs import job_logger, read_h5
+from shardsort.tables import gather_rows, merge_event_tables
 
 log = job_logger(snakemake)
-parts = [read_npz(p) for p in snakemake.input.peaks]
-peaks, order = merge_event_tables(
-    [p["peaks"] for p in parts], keys=("sample_index", "channel_index")
-)
-features = np.concatenate([p["features"] for p in parts], axis=0)[order]
+paths = list(snakemake.input.peaks)
+
+
+def load(i, key):
+    with np.load(paths[i], allow_pickle=False) as data:
+        return data[key]
+
+
+tables = [load(i, "peaks") for i in range(len(paths))]
+sizes = [len(t) for t in tables]
+with np.load(paths[0], allow_pickle=False) as first:
+    # Network detection adds the collision triage: collided spikes skip clustering.
+    aligned = ["features"] + [k for k in ("clean_probability", "collided") if k in first.files]
+    shapes = {k: (first[k].shape[1:], first[k].dtype) for k in aligned}
+peaks, order = merge_event_tables(tables, keys=("sample_index", "channel_index"))
+del tables
 basis = read_h5(snakemake.input.basis, keys=["neighbours"])
-datasets = {"peaks": peaks, "features": features, "neighbours": basis["neighbours"]}
 attrs = {"n_spikes": len(peaks)}
-# Network detection adds the collision triage: collided spikes skip clustering.
-for key in ("clean_probability", "collided"):
-    if parts and key in parts[0]:
-        datasets[key] = np.concatenate([p[key] for p in parts], axis=0)[order]
-if "collided" in datasets:
-    attrs["n_collided"] = int(datasets["collided"].sum())
-    log.info("%d of %d spikes collided", attrs["n_collided"], len(peaks))
-write_h5(snakemake.output.spikes, datasets, attrs)
+with atomic_path(snakemake.output.spikes) as tmp, h5py.File(tmp, "w") as f:
+    f.create_dataset("peaks", data=peaks)
+    for key in aligned[:1] + ["neighbours"] + aligned[1:]:
+        if key == "neighbours":
+            f.create_dataset(key, data=np.asarray(basis["neighbours"]))
+            continue
+        shape, dtype = shapes[key]
+        dataset = f.create_dataset(key, shape=(len(peaks),) + shape, dtype=dtype)
+        for lo, values in gather_rows(lambda i, key=key: load(i, key), sizes, order):
+            dataset[lo : lo + len(values)] = values
+    if "collided" in aligned:
+        attrs["n_collided"] = int(
+            sum(int(np.count_nonzero(f["collided"][lo : lo + 1_000_000]))
+                for lo in range(0, len(peaks), 1_000_000))
+        )
+        log.info("%d of %d spikes collided", attrs["n_collided"], len(peaks))
+    for key, value in attrs.items():
+        f.attrs[key] = value
 log.info("%d spikes from %d chunks (%d border duplicates removed)",
-         len(peaks), len(parts), sum(len(p["peaks"]) for p in parts) - len(peaks))
+         len(peaks), len(paths), sum(sizes) - len(peaks))

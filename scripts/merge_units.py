@@ -1,15 +1,23 @@
-"""merge_units: the final spike train, templates and provenance in sorting.h5."""
+"""merge_units: the final spike train, templates and provenance in sorting.h5.
+
+Only the spike tables (16 bytes a spike) and row indices are held whole: the
+per-spike features stay in the chunk files, are copied unit by unit into a
+scratch file for the split, and chunk by chunk into sorting.h5.
+"""
 
 import json
+import os
 from importlib import metadata
 
+import h5py
 import numpy as np
 import yaml
 
 from shardsort.curation import expected_noise_matches, select_units
 from shardsort.deconvolve import DeconvBasis, unit_thresholds
-from shardsort.jobs import job_logger, read_h5, read_npz, write_h5
-from shardsort.tables import merge_event_tables
+from shardsort.io.arrays import atomic_path
+from shardsort.jobs import job_logger, read_h5, read_npz
+from shardsort.tables import gather_rows, merge_event_tables
 from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
 from shardsort.unitmerge import merge_units
@@ -23,10 +31,22 @@ noise = read_h5(snakemake.input.noise)
 whitening = read_h5(snakemake.input.whitening)["whitening"]
 b = read_h5(snakemake.input.basis)
 
-parts = [read_npz(p) for p in snakemake.input.spikes]
-spikes, kept = merge_event_tables([p["spikes"] for p in parts], keys=("sample_index", "unit_index"))
-pc_features = np.concatenate([p["pc_features"] for p in parts], axis=0)[kept]
-spike_positions = np.concatenate([p["positions_um"] for p in parts], axis=0)[kept]
+paths = list(snakemake.input.spikes)
+
+
+def load(i, key):
+    with np.load(paths[i], allow_pickle=False) as data:
+        return data[key]
+
+
+tables = [load(i, "spikes") for i in range(len(paths))]
+sizes = [len(t) for t in tables]
+with np.load(paths[0], allow_pickle=False) as first:
+    feature_shape, feature_dtype = first["pc_features"].shape[1:], first["pc_features"].dtype
+    position_shape, position_dtype = first["positions_um"].shape[1:], first["positions_um"].dtype
+# source: the row of every spike in the concatenated chunk files (its features).
+spikes, source = merge_event_tables(tables, keys=("sample_index", "unit_index"))
+del tables
 
 # Pieces of one neuron (cut by drift or amplitude in clustering) are joined
 # on their spike trains before the curation judges each unit.
@@ -68,7 +88,8 @@ if merge_cfg["enabled"] and len(templates) > 1:
     )
     spikes["unit_index"] = merged.mapping[spikes["unit_index"]]
     order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
-    spikes, pc_features, spike_positions = spikes[order], pc_features[order], spike_positions[order]
+    spikes, source = spikes[order], source[order]
+    del order
     templates = merged.templates
     unit_mapping = merged.mapping
     log.info("%d merges: %d units -> %d", len(merged.decisions), len(tpl["templates"]), len(templates))
@@ -81,10 +102,41 @@ if merge_cfg["split"] and len(templates):
     absorbed_any = np.bincount(unit_mapping, minlength=len(templates)) > 1
     candidates = np.where(absorbed_any[spikes["unit_index"]], -1, spikes["unit_index"])
     eligible = candidates >= 0
+    del candidates
+    # The eligible spikes' features, grouped by unit (in spike order within a
+    # unit) in a scratch file: the split reads one unit at a time.
+    eligible_units = spikes["unit_index"][eligible]
+    unit_start = np.concatenate(
+        [[0], np.cumsum(np.bincount(eligible_units, minlength=len(templates)))]
+    ).astype(np.int64)
+    row_bytes = int(np.prod(feature_shape)) * feature_dtype.itemsize
+    scratch = snakemake.output.sorting + ".features.tmp"
+    fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.unlink(scratch)  # freed when closed, even if the job dies
+    rank = np.empty(len(eligible_units), dtype=np.int64)  # row in the scratch file
+    by_unit = np.argsort(eligible_units, kind="stable")
+    rank[by_unit] = np.arange(len(by_unit))
+    del by_unit
+    for lo, values in gather_rows(lambda i: load(i, "pc_features"), sizes, source[eligible]):
+        block_units = eligible_units[lo : lo + len(values)]
+        block_rank = rank[lo : lo + len(values)]
+        grouped = np.argsort(block_units, kind="stable")
+        edges = np.flatnonzero(np.diff(block_units[grouped])) + 1
+        for run in np.split(grouped, edges):
+            if len(run):
+                data = np.ascontiguousarray(values[run]).tobytes()
+                os.pwrite(fd, data, int(block_rank[run[0]]) * row_bytes)
+    del rank, eligible_units
+
+    def unit_features(unit):
+        n = int(unit_start[unit + 1] - unit_start[unit])
+        data = os.pread(fd, n * row_bytes, int(unit_start[unit]) * row_bytes)
+        return np.frombuffer(data, dtype=feature_dtype).reshape((n,) + feature_shape)
+
     labels, parent, cuts = split_units(
         spikes["sample_index"][eligible],
         spikes["unit_index"][eligible],
-        pc_features[eligible],
+        unit_features,
         n_units=len(templates),
         n_samples=int(spec["n_samples"]),
         bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
@@ -95,17 +147,20 @@ if merge_cfg["split"] and len(templates):
         max_complementarity_z=merge_cfg["max_complementarity_z"],
         seed=int(snakemake.params.seed),
     )
+    root_of_row = spikes["unit_index"][eligible]  # the unit each eligible spike was cut from
     spikes["unit_index"][eligible] = labels
     order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
-    spikes, pc_features, spike_positions = spikes[order], pc_features[order], spike_positions[order]
+    spikes, source = spikes[order], source[order]
+    del order
     if cuts:
         # A new unit's template: its spikes' mean waveform on the channels its
         # features were computed on (its parent's), from the temporal basis.
         channels = b["neighbours"][tpl["peak_channels"][np.arange(len(tpl["templates"]))]]
         new_templates = np.zeros((len(cuts),) + templates.shape[1:], dtype=np.float32)
         for i, cut in enumerate(cuts):
-            mine = spikes["unit_index"] == cut.new
-            mean_scores = pc_features[mine].mean(axis=0)  # (n_pcs, n_neighbours)
+            root = parent[cut.new]
+            mine = labels[root_of_row == root] == cut.new  # of the root's spikes, in order
+            mean_scores = unit_features(root)[mine].mean(axis=0)  # (n_pcs, n_neighbours)
             source = np.flatnonzero(unit_mapping == parent[cut.new])[0]
             new_templates[i][:, channels[source]] = (
                 b["components"].T @ mean_scores + b["mean"][:, None]
@@ -114,6 +169,8 @@ if merge_cfg["split"] and len(templates):
                      "overlap in time %.2f x chance (z %.1f)", cut.new, cut.unit, cut.n_new,
                      cut.n_kept, cut.score, cut.overlap_ratio, cut.complementarity_z)
         templates = np.concatenate([templates, new_templates])
+    os.close(fd)
+    del labels, root_of_row, eligible
     log.info("%d cuts: %d units", len(cuts), len(templates))
 
 # Matches pure noise gives each unit at its threshold (a merged unit: the sum
@@ -160,7 +217,7 @@ renumber[alive] = np.arange(int(alive.sum()), dtype=np.int32)
 keep_spike = selection.keep_spike
 spikes = spikes[keep_spike]
 spikes["unit_index"] = renumber[spikes["unit_index"]]
-pc_features, spike_positions = pc_features[keep_spike], spike_positions[keep_spike]
+source = source[keep_spike]
 templates = templates[alive]
 peak_channels = template_peak_channels(templates)
 pc_feature_ind = b["neighbours"][peak_channels] if len(templates) else (
@@ -186,31 +243,39 @@ for pkg in ("shardsort", "numpy", "scipy", "scikit-learn", "h5py", "snakemake"):
         versions[pkg] = metadata.version(pkg)
     except metadata.PackageNotFoundError:
         versions[pkg] = "unknown"
-write_h5(
-    snakemake.output.sorting,
-    {
-        "spikes": spikes,
-        "spike_positions_um": spike_positions,
-        "pc_features": pc_features,
-        "pc_feature_ind": pc_feature_ind.astype(np.int32),
-        "templates": templates.astype(np.float32),
-        "units": units,
-        "channel_positions_um": positions.astype(np.float32),
-        "whitening": whitening.astype(np.float32),
-        "scales_uv": noise["scales_uv"].astype(np.float32),
-        "channel_labels": noise["channel_labels"],
-    },
-    {
-        "recording": yaml.safe_dump(spec),
-        "sampling_rate_hz": float(spec["sampling_rate_hz"]),
-        "n_samples": int(spec["n_samples"]),
-        "pre_samples": int(tpl["attrs"]["pre_samples"]),
-        "post_samples": int(tpl["attrs"]["post_samples"]),
-        # Provenance only: read from the run's config, not a rule param, so
-        # that unrelated config changes do not rerun the sort.
-        "config": yaml.safe_dump(dict(snakemake.config)),
-        "versions": yaml.safe_dump(versions),
-        "plan": json.dumps(snakemake.params.plan),
-    },
-)
+datasets = {
+    "spikes": spikes,
+    "spike_positions_um": ("positions_um", position_shape, position_dtype),
+    "pc_features": ("pc_features", feature_shape, feature_dtype),
+    "pc_feature_ind": pc_feature_ind.astype(np.int32),
+    "templates": templates.astype(np.float32),
+    "units": units,
+    "channel_positions_um": positions.astype(np.float32),
+    "whitening": whitening.astype(np.float32),
+    "scales_uv": noise["scales_uv"].astype(np.float32),
+    "channel_labels": noise["channel_labels"],
+}
+attrs = {
+    "recording": yaml.safe_dump(spec),
+    "sampling_rate_hz": float(spec["sampling_rate_hz"]),
+    "n_samples": int(spec["n_samples"]),
+    "pre_samples": int(tpl["attrs"]["pre_samples"]),
+    "post_samples": int(tpl["attrs"]["post_samples"]),
+    # Provenance only: read from the run's config, not a rule param, so
+    # that unrelated config changes do not rerun the sort.
+    "config": yaml.safe_dump(dict(snakemake.config)),
+    "versions": yaml.safe_dump(versions),
+    "plan": json.dumps(snakemake.params.plan),
+}
+with atomic_path(snakemake.output.sorting) as tmp, h5py.File(tmp, "w") as f:
+    for name, value in datasets.items():
+        if not isinstance(value, tuple):
+            f.create_dataset(name, data=np.asarray(value))
+            continue
+        key, shape, dtype = value  # per-spike rows, copied from the chunk files
+        dataset = f.create_dataset(name, shape=(len(spikes),) + shape, dtype=dtype)
+        for lo, values in gather_rows(lambda i, key=key: load(i, key), sizes, source):
+            dataset[lo : lo + len(values)] = values
+    for name, value in attrs.items():
+        f.attrs[name] = value
 log.info("%d units (%d removed), %d spikes", len(templates), int((~alive).sum()), len(spikes))

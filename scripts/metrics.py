@@ -1,5 +1,6 @@
 """metrics: quality metrics of every unit (Allen ecephys definitions)."""
 
+import h5py
 import numpy as np
 
 from shardsort.io.arrays import atomic_path
@@ -7,18 +8,22 @@ from shardsort.jobs import job_logger, read_h5
 from shardsort.metrics import compute_quality_metrics
 
 log = job_logger(snakemake)
-s = read_h5(snakemake.input.sorting)
+# The per-spike features stay on disk: the PC metrics read the rows of their
+# subsample block by block.
+s = read_h5(snakemake.input.sorting, keys=["spikes", "templates", "pc_feature_ind", "units"])
 attrs = s["attrs"]
-metrics = compute_quality_metrics(
-    s["spikes"],
-    n_samples=int(attrs["n_samples"]),
-    sampling_rate_hz=float(attrs["sampling_rate_hz"]),
-    templates=s["templates"],
-    pc_features=s["pc_features"],
-    pc_feature_ind=s["pc_feature_ind"],
-    spike_depths_um=s["spike_positions_um"][:, 1],
-    seed=snakemake.params.seed,
-)
+with h5py.File(snakemake.input.sorting, "r") as f:
+    depths_um = f["spike_positions_um"][:, 1]
+    metrics = compute_quality_metrics(
+        s["spikes"],
+        n_samples=int(attrs["n_samples"]),
+        sampling_rate_hz=float(attrs["sampling_rate_hz"]),
+        templates=s["templates"],
+        pc_features=f["pc_features"],
+        pc_feature_ind=s["pc_feature_ind"],
+        spike_depths_um=depths_um,
+        seed=snakemake.params.seed,
+    )
 names = list(metrics)
 units = s["units"]
 with atomic_path(snakemake.output.metrics) as tmp, open(tmp, "w") as fh:

@@ -1,5 +1,6 @@
 """templates: reduce the per-chunk sums, clean, merge and align templates once."""
 
+import h5py
 import numpy as np
 
 from shardsort.deconvolve import prepare_templates
@@ -103,7 +104,8 @@ dropped["min_snr"] = weak
 #    but never two clusters whose spike trains show they are two neurons.
 kept_index = np.full(n_clusters + 1, -1, dtype=np.int64)  # last entry: label -1
 kept_index[kept] = np.arange(len(kept))
-sample_index = read_h5(snakemake.input.spikes, keys=["peaks"])["peaks"]["sample_index"]
+with h5py.File(snakemake.input.spikes, "r") as f:  # one column, not the whole table
+    sample_index = f["peaks"].fields("sample_index")[()]
 labels = read_h5(snakemake.input.clusters, keys=["labels"])["labels"]
 min_lag_ms, max_lag_ms = cfg["merge_refractory_ms"]
 observed, expected = refractory_conflicts(

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable
 
 import numpy as np
 
 from .jobs import read_h5
 
 
-def load_sorting(path: str | os.PathLike) -> dict:
-    """All datasets and attributes of a ``sorting.h5``."""
-    return read_h5(path)
+#: The per-unit and per-channel datasets of ``sorting.h5`` (small whatever the
+#: recording's duration), and the spike table (16 bytes per spike).
+SMALL_KEYS = (
+    "spikes",
+    "templates",
+    "units",
+    "pc_feature_ind",
+    "channel_positions_um",
+    "whitening",
+    "scales_uv",
+    "channel_labels",
+)
+
+
+def load_sorting(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict:
+    """Datasets (all, or ``keys``) and attributes of a ``sorting.h5``.
+
+    The per-spike features (``pc_features``: 120 bytes a spike with the
+    default 3 PCs x 10 channels) are best left on disk: open the file with
+    ``h5py`` and pass the dataset to a reader that takes rows in blocks.
+    """
+    return read_h5(path, keys=keys)
 
 
 def load_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -5,6 +5,8 @@ Columns are always addressed by name, never by position.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 import numpy as np
 
 #: One row per detected spike (output of ``detect``/``merge_spikes``).
@@ -55,11 +57,49 @@ def merge_event_tables(
     joined = np.concatenate(tables)
     if len(joined) == 0:
         return joined, np.zeros(0, dtype=np.int64)
-    order = np.lexsort([joined[k] for k in reversed(keys)])
+    order = np.lexsort([joined[k] for k in reversed(keys)]).astype(np.int64, copy=False)
     ordered = joined[order]
-    first = np.ones(len(ordered), dtype=bool)
+    del joined
     same = np.ones(len(ordered) - 1, dtype=bool)
     for k in keys:
         same &= ordered[k][1:] == ordered[k][:-1]
+    if not same.any():  # no border duplicates (the usual case): no copies
+        return ordered, order
+    first = np.ones(len(ordered), dtype=bool)
     first[1:] = ~same
-    return ordered[first], order[first].astype(np.int64)
+    return ordered[first], order[first]
+
+
+def gather_rows(
+    load: Callable[[int], np.ndarray],
+    sizes: Sequence[int],
+    rows: np.ndarray,
+    *,
+    block_rows: int = 65_536,
+    cached_parts: int = 4,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows of a concatenation of parts, read part by part, in blocks.
+
+    Yields ``(lo, values)`` with ``values == concatenate(parts)[rows[lo:lo +
+    block_rows]]`` without ever concatenating the parts: ``load(i)`` returns
+    part ``i`` (``sizes[i]`` rows), and the last ``cached_parts`` parts
+    loaded are kept. Rows that move little (a merge of time-ordered chunk
+    tables) touch each part once or twice; any order is correct.
+    """
+    starts = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
+    cache: dict[int, np.ndarray] = {}
+    for lo in range(0, len(rows), block_rows):
+        wanted = np.asarray(rows[lo : lo + block_rows], dtype=np.int64)
+        part = np.searchsorted(starts, wanted, side="right") - 1
+        values = None
+        for i in np.unique(part):
+            if i not in cache:
+                if len(cache) >= cached_parts:
+                    cache.pop(next(iter(cache)))
+                cache[int(i)] = load(int(i))
+            source = cache[int(i)]
+            if values is None:
+                values = np.empty((len(wanted),) + source.shape[1:], dtype=source.dtype)
+            mine = part == i
+            values[mine] = source[wanted[mine] - starts[i]]
+        yield lo, values

@@ -99,8 +99,11 @@ def split_units(
     Parameters
     ----------
     sample_index, unit_index : array_like of int, shape (n_spikes,)
-    features : array_like, shape (n_spikes, ...)
+    features : array_like, shape (n_spikes, ...), or callable
         Per-spike features on each unit's own channels (flattened per spike).
+        A callable ``features(unit)`` returns the features of the spikes
+        whose ``unit_index`` is ``unit``, in spike order: only one unit's
+        features are then held at a time (and the result is the same).
     n_units : int
     n_samples, bin_samples : int
         Recording length and the time bin of the complementarity test.
@@ -121,20 +124,42 @@ def split_units(
     """
     times = np.asarray(sample_index, dtype=np.int64)
     labels = np.asarray(unit_index, dtype=np.int64).copy()
-    x = np.asarray(features, dtype=np.float64)
     if times.shape != labels.shape or times.ndim != 1:
         raise ValueError(
             f"sample_index {times.shape} and unit_index {labels.shape} must be 1-D of one length"
         )
-    if x.shape[:1] != labels.shape:
-        raise ValueError(f"features must have one row per spike ({labels.size}), got {x.shape}")
+    if callable(features):
+        x, read_unit, original = None, features, labels.copy()
+    else:
+        # Converted to float64 one unit at a time (8 bytes a value, not for all spikes).
+        x, read_unit, original = np.asarray(features), None, None
+        if x.shape[:1] != labels.shape:
+            raise ValueError(
+                f"features must have one row per spike ({labels.size}), got {x.shape}"
+            )
     if labels.size and (labels.min() < 0 or labels.max() >= n_units):
         raise ValueError(f"unit_index must lie in [0, {n_units}), got [{labels.min()}, {labels.max()}]")
     if min_part < 2:
         raise ValueError(f"min_part must be >= 2, got {min_part}")
     if not 0.0 <= min_fraction <= 0.5:
         raise ValueError(f"min_fraction must lie in [0, 0.5], got {min_fraction}")
-    x = x.reshape(len(x), -1)
+    if x is not None:
+        x = x.reshape(len(x), -1)
+
+    def unit_features(unit: int, members: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        if x is not None:
+            return np.asarray(x[members], dtype=np.float64)
+        root = parent[unit]  # the original unit every part of it comes from
+        rows = np.flatnonzero(original == root)
+        block = np.asarray(read_unit(root))
+        if len(block) != len(rows):
+            raise ValueError(
+                f"features({root}) must give one row per spike of unit {root} "
+                f"({len(rows)}), got {len(block)}"
+            )
+        block = block.reshape(len(block), -1)
+        return np.asarray(block[np.searchsorted(rows, members)], dtype=np.float64)
+
     edges, fraction = time_bins(n_samples, bin_samples)
     bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(fraction) - 1)
     parent = list(range(n_units))
@@ -145,7 +170,7 @@ def split_units(
         members = np.flatnonzero(labels == unit)
         if depth >= max_depth or members.size < 2 * min_part:
             continue
-        cut = _two_way_cut(x[members], n_dims=n_dims, seed=seed)
+        cut = _two_way_cut(unit_features(unit, members), n_dims=n_dims, seed=seed)
         if cut is None:
             continue
         score, side = cut

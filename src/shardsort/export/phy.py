@@ -241,13 +241,33 @@ def _write_cluster_tsv(path: Path, name: str, values: np.ndarray) -> None:
 
 
 def _save_rows(path: Path, array: npt.ArrayLike, dtype: npt.DTypeLike) -> None:
-    """Save an array (possibly a memmap or HDF5 dataset) block by block."""
+    """``np.save(path, np.asarray(array, dtype))``, converted and written block by block.
+
+    ``array`` may be a memory map, an HDF5 dataset or a column of a table:
+    only ``_COPY_ROWS`` rows are held (converted) at a time, and the file is
+    written through a plain file handle (a writable memory map would keep
+    every written page resident until the job ends).
+    """
     shape = tuple(array.shape)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    for lo in range(0, shape[0], _COPY_ROWS):
-        out[lo : lo + _COPY_ROWS] = array[lo : lo + _COPY_ROWS]
-    out.flush()
-    del out
+    dtype = np.dtype(dtype)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": shape,
+    }
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for lo in range(0, shape[0] if shape else 0, _COPY_ROWS):
+            block = np.ascontiguousarray(array[lo : lo + _COPY_ROWS], dtype=dtype)
+            handle.write(block.tobytes())
+
+
+def _ascending(values: np.ndarray) -> bool:
+    """Whether ``values`` never decrease (checked block by block)."""
+    for lo in range(0, values.size, _COPY_ROWS):
+        if np.any(np.diff(values[lo : lo + _COPY_ROWS + 1]) < 0):
+            return False
+    return True
 
 
 def _params_text(
@@ -373,7 +393,7 @@ def write_phy_folder(
         )
     samples = spikes["sample_index"]
     units = spikes["unit_index"]
-    if samples.size and (samples.min() < 0 or np.any(np.diff(samples) < 0)):
+    if samples.size and (samples.min() < 0 or not _ascending(samples)):
         raise ValueError("spikes['sample_index'] must be >= 0 and ascending")
     if units.size and (units.min() < 0 or units.max() >= n_units):
         raise ValueError(
@@ -468,10 +488,10 @@ def write_phy_folder(
                 hp_filtered=hp_filtered,
             )
         )
-        np.save(staging / "spike_times.npy", samples.astype(np.uint64))
-        np.save(staging / "spike_templates.npy", units.astype(np.int32))
-        np.save(staging / "spike_clusters.npy", units.astype(np.int32))
-        np.save(staging / "amplitudes.npy", spikes["amplitude"].astype(np.float64))
+        _save_rows(staging / "spike_times.npy", samples, np.uint64)
+        _save_rows(staging / "spike_templates.npy", units, np.int32)
+        _save_rows(staging / "spike_clusters.npy", units, np.int32)
+        _save_rows(staging / "amplitudes.npy", spikes["amplitude"], np.float64)
         np.save(staging / "templates.npy", written_templates)
         if template_ind is not None:
             np.save(staging / "template_ind.npy", template_ind)
