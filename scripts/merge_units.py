@@ -161,8 +161,8 @@ if merge_cfg["split"] and len(templates):
             root = parent[cut.new]
             mine = labels[root_of_row == root] == cut.new  # of the root's spikes, in order
             mean_scores = unit_features(root)[mine].mean(axis=0)  # (n_pcs, n_neighbours)
-            source = np.flatnonzero(unit_mapping == parent[cut.new])[0]
-            new_templates[i][:, channels[source]] = (
+            origin = np.flatnonzero(unit_mapping == parent[cut.new])[0]
+            new_templates[i][:, channels[origin]] = (
                 b["components"].T @ mean_scores + b["mean"][:, None]
             )
             log.info("unit %d cut from unit %d: %d and %d spikes, bimodality %.1f, "
