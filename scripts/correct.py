@@ -1,5 +1,6 @@
 """correct[t]: move one preprocessed time chunk back by the estimated drift."""
 
+import os
 import shutil
 
 import numpy as np
@@ -64,11 +65,18 @@ def correct() -> None:
 
 
 def copy_unchanged() -> None:
-    """The motion job found no drift worth correcting: the chunk is used as it is."""
+    """The motion job found no drift worth correcting: the chunk is used as it is,
+    as a hard link where the file system allows (no second copy on disk, no
+    time spent copying; chunk files are never modified in place, only
+    replaced), else a copy."""
     for src, dst in ((snakemake.input.chunk, snakemake.output.data),
                      (f"{snakemake.input.chunk}.yaml", snakemake.output.sidecar)):
         with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+            try:
+                os.remove(tmp)  # atomic_path made it, empty
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
     log.info("chunk %d: %s; chunk copied unchanged", chunk["index"], motion["attrs"]["decision"])
 
 

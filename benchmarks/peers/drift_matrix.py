@@ -60,6 +60,11 @@ from sorters import INFO_FILE, SORTERS, SPIKES_FILE, package_version
 
 REPO = Path(__file__).resolve().parents[2]
 PEERS = ("spykingcircus2", "tridesclous2")
+#: shardsort with one setting changed from the defaults, for choosing a default
+#: by measurement (``--sorters shardsort_nonrigid``): key -> (label, overlay).
+VARIANTS = {
+    "shardsort_nonrigid": ("shardsort, non-rigid", {"motion": {"rigid": False}}),
+}
 CACHE_KEY_FILE = "cache_key.json"
 
 
@@ -116,11 +121,17 @@ MATRIX = (
         DriftSpec("bump", 30.0, bump_interval_s=(20.0, 50.0)),
         held_out=True,
     ),
-    # one long probe
+    # long probes: rigid and depth-varying drift
     Entry(
         "np384_zigzag25_s401",
         _np64(401, duration_s=120.0, n_units=100, n_channels=384),
         _zigzag(25.0, 120.0),
+        wide=True,
+    ),
+    Entry(
+        "np384_depthzigzag30_s402",
+        _np64(402, duration_s=120.0, n_units=100, n_channels=384),
+        _zigzag(30.0, 120.0, non_rigid_gradient=0.5),
         wide=True,
     ),
 )
@@ -165,20 +176,25 @@ def code_snapshot(work: Path, commit: str | None = None) -> tuple[Path, str]:
     return folder, commit
 
 
-def shardsort_code_key(snapshot: Path, commit: str) -> dict:
+def shardsort_code_key(snapshot: Path, commit: str, overlay: dict | None = None) -> dict:
     """What a shardsort result depends on: the commit and its configuration."""
-    return dict(
+    key = dict(
         commit=commit,
         config=hashlib.sha256((snapshot / "config" / "config.yaml").read_bytes()).hexdigest()[:12],
         dirty=False,
     )
+    if overlay:
+        key["overlay"] = overlay
+    return key
 
 
 def run_shardsort(
-    files: RecordingFiles, output: Path, snapshot: Path, *, n_jobs: int, timeout_s: float
+    files: RecordingFiles, output: Path, snapshot: Path, *, n_jobs: int, timeout_s: float,
+    overlay: dict | None = None,
 ) -> Measurement:
     """``snakemake --cores n_jobs`` of the snapshot's workflow with its
-    ``config/config.yaml`` (the defaults), its own sources first on the path."""
+    ``config/config.yaml`` (the defaults; ``overlay`` merged over it for a
+    variant), its own sources first on the path."""
     from run_peers import sorter_env
 
     from measure import run_measured
@@ -186,6 +202,10 @@ def run_shardsort(
 
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
+    configfiles = [str(snapshot / "config" / "config.yaml")]
+    if overlay:
+        (output / "overlay.yaml").write_text(json.dumps(overlay) + "\n")  # JSON is YAML
+        configfiles.append(str(output / "overlay.yaml"))
     env = sorter_env(n_jobs)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(snapshot / "src")] + [p for p in [env.get("PYTHONPATH")] if p]
@@ -195,16 +215,14 @@ def run_shardsort(
         "--cores", str(n_jobs),
         "--directory", str(output),
         "--snakefile", str(snapshot / "Snakefile"),
-        "--configfile", str(snapshot / "config" / "config.yaml"),
+        "--configfile", *configfiles,
         "--config", f"recordings={files.table}",
     ]
     measurement = run_measured(
         command, log_path=output / LOG_FILE, env=env, cwd=output, timeout_s=timeout_s
     )
     if measurement.returncode == 0:
-        collect_shardsort(
-            files, output, configfiles_used=[str(snapshot / "config" / "config.yaml")]
-        )
+        collect_shardsort(files, output, configfiles_used=configfiles)
     # preprocessed and corrected chunks: each as large as the recording
     for sub in ("preprocess", "motion/chunks"):
         shutil.rmtree(output / "results" / files.name / sub, ignore_errors=True)
@@ -324,18 +342,19 @@ def run_sorter(
     key: str, entry: Entry, files: RecordingFiles, work: Path, args, snapshot: tuple[Path, str]
 ) -> dict:
     """Run (or reuse) one sort and score it; a result dict (one CSV row)."""
-    sorter = SORTERS[key]
+    variant = VARIANTS.get(key)
+    sorter = SORTERS["shardsort" if variant else key]
     rkey = recording_key(entry)
     version = package_version(sorter.package)
     if sorter.is_peer:
         output = work / "runs" / f"{entry.name}-{rkey}" / f"{key}-si{version}"
     else:
-        output = work / "runs" / f"{entry.name}-{rkey}" / "shardsort"
+        output = work / "runs" / f"{entry.name}-{rkey}" / key
     row = dict(
         recording=entry.name,
         held_out=entry.held_out,
         drift=entry.describe(),
-        sorter=sorter.label,
+        sorter=variant[0] if variant else sorter.label,
         version=version,
         status="",
         note="",
@@ -347,7 +366,7 @@ def run_sorter(
         return row
     timeout_s = args.timeout_min * 60.0
     measurement = _cached_measurement(output)
-    code_key = shardsort_code_key(*snapshot)
+    code_key = shardsort_code_key(*snapshot, overlay=variant[1] if variant else None)
     if sorter.is_peer:
         reuse = measurement is not None and (
             (output / SPIKES_FILE).exists() or args.score_only
@@ -364,9 +383,9 @@ def run_sorter(
         return row
     if reuse:
         row["cached"] = True
-        print(f"{sorter.label} on {entry.name}: cached ({output})", flush=True)
+        print(f"{row['sorter']} on {entry.name}: cached ({output})", flush=True)
     else:
-        print(f"{sorter.label} on {entry.name} ...", flush=True)
+        print(f"{row['sorter']} on {entry.name} ...", flush=True)
         for attempt in range(1 if sorter.is_peer else 2):
             if sorter.is_peer:
                 measurement = run_one(
@@ -380,7 +399,8 @@ def run_sorter(
                 )
                 break
             measurement = run_shardsort(
-                files, output, snapshot[0], n_jobs=args.n_jobs, timeout_s=timeout_s
+                files, output, snapshot[0], n_jobs=args.n_jobs, timeout_s=timeout_s,
+                overlay=variant[1] if variant else None,
             )
             (output / CACHE_KEY_FILE).write_text(json.dumps(code_key, indent=2) + "\n")
             # A failure within the first two minutes may be the machine's (a
@@ -462,6 +482,10 @@ def _f(v, spec: str) -> str:
     return format(v, spec)
 
 
+def _label(key: str) -> str:
+    return VARIANTS[key][0] if key in VARIANTS else SORTERS[key].label
+
+
 def _cell(r: dict | None) -> str:
     if r is None:
         return "not run"
@@ -499,6 +523,36 @@ def markdown(rows: list[dict], entries: list[Entry], pending: list[str], note: s
                 f"{check(rows, e.name)} |"
             )
         return head + "\n".join(lines) + "\n" if lines else "(no results yet)\n"
+
+    def variants_table() -> str:
+        labels = [label for label, _ in VARIANTS.values()
+                  if any(r["sorter"] == label for r in rows)]
+        if not labels:
+            return ""
+        out = ["\n## Variants of shardsort (one setting changed, for choosing the default)\n"]
+        for key, (label, overlay) in VARIANTS.items():
+            if label not in labels:
+                continue
+            out.append(
+                f"`{label}`: `{json.dumps(overlay)}` merged over the defaults.\n\n"
+                "| recording | estimate error, defaults (µm RMS: depth-avg / per unit) | "
+                f"estimate error, {label} | shardsort (defaults) | {label} | SpykingCircus2 |\n"
+                "|---|---:|---:|---|---|---|"
+            )
+            for e in entries:
+                by = {r["sorter"]: r for r in rows if r["recording"] == e.name}
+                if label not in by:
+                    continue
+                ests = [
+                    f"{_f(by.get(k, {}).get('est_rms_um'), '.2f')} / "
+                    f"{_f(by.get(k, {}).get('est_rms_units_um'), '.2f')}"
+                    for k in ("shardsort", label)
+                ]
+                out.append(
+                    f"| {e.name} | {ests[0]} | {ests[1]} | {_cell(by.get('shardsort'))} | "
+                    f"{_cell(by.get(label))} | {_cell(by.get('SpykingCircus2'))} |"
+                )
+        return "\n".join(out) + "\n"
 
     tuning = [e for e in entries if not e.held_out]
     held = [e for e in entries if e.held_out]
@@ -560,6 +614,7 @@ def markdown(rows: list[dict], entries: list[Entry], pending: list[str], note: s
         + table(tuning)
         + "\n## Held-out seeds (not used for tuning)\n\n"
         + table(held)
+        + variants_table()
         + ("\n## Notes\n\n" + "\n".join(notes) + "\n" if notes else "")
         + ("\nWall times: " + "; ".join(times) + ".\n" if times else "")
     )
@@ -613,7 +668,7 @@ def write_results(
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--wide", action="store_true", help="also the 384-channel recording")
+    p.add_argument("--wide", action="store_true", help="also the 384-channel recordings")
     p.add_argument("--only", default="", help="comma-separated recording names")
     p.add_argument("--sorters", default="shardsort," + ",".join(PEERS))
     p.add_argument("--n-jobs", type=int, default=2)
@@ -630,7 +685,7 @@ def parse_args(argv):
                    help="commit whose code shardsort runs (default: HEAD when the matrix starts)")
     args = p.parse_args(argv)
     args.sorters = [s for s in args.sorters.split(",") if s]
-    bad = sorted(set(args.sorters) - {"shardsort", *PEERS})
+    bad = sorted(set(args.sorters) - {"shardsort", *VARIANTS, *PEERS})
     if bad:
         p.error(f"--sorters: unknown {bad}")
     return args
@@ -648,10 +703,10 @@ def main(argv=None) -> None:
 
     # Order: shardsort on every recording first (tuning seeds, then held out,
     # then the wide one), then the peers; tables rewritten after each run.
-    plan = [("shardsort", e) for e in entries if "shardsort" in args.sorters]
+    plan = [(k, e) for e in entries for k in ("shardsort", *VARIANTS) if k in args.sorters]
     for e in entries:
         plan += [(k, e) for k in PEERS if k in args.sorters]
-    plan.sort(key=lambda ke: (ke[1].wide, ke[0] != "shardsort", ke[1].held_out))
+    plan.sort(key=lambda ke: (ke[1].wide, ke[0] in PEERS, ke[1].held_out))
     rows: dict[tuple[str, str], dict] = {}
     files_of: dict[str, RecordingFiles] = {}
     started = time.perf_counter()
@@ -676,13 +731,13 @@ def main(argv=None) -> None:
         except Exception as error:  # keep the matrix going; record why
             row = dict(
                 recording=entry.name, held_out=entry.held_out, drift=entry.describe(),
-                sorter=SORTERS[key].label, version=package_version(SORTERS[key].package),
+                sorter=_label(key), version=package_version(SORTERS.get(key, SORTERS["shardsort"]).package),
                 status="error", note=f"{type(error).__name__}: {error}"[:200],
             )
             print(f"  error: {row['note']}", flush=True)
         rows[(entry.name, key)] = row
         ordered = [rows[(e.name, k)] for k, e in plan if (e.name, k) in rows]
-        pending = [f"{SORTERS[k].label} on {e.name}" for k, e in plan[i + 1 :]] + [
+        pending = [f"{_label(k)} on {e.name}" for k, e in plan[i + 1 :]] + [
             f"{r['sorter']} on {r['recording']}" for r in ordered if r["status"] == "not run"
         ]
         write_results(ordered, entries, pending, args.results, args.n_jobs, args.note)

@@ -162,3 +162,20 @@ def test_each_planted_unit_stays_in_one_sorted_unit(sorted_with_and_without, dri
     detected = comparison["gt"]["accuracy"] >= 0.5
     split = comparison["gt_unit_ids"][detected & (holders > 1)]
     assert split.size == 0, f"planted units split across sorted units: {split.tolist()}"
+
+
+def test_skipped_correction_links_the_preprocessed_chunk(tmp_path, drifting_recording):
+    # A displacement range below motion.min_displacement_um: the correct job
+    # hands the preprocessed chunk on unchanged, as a hard link (no second copy).
+    target = "results/drifting/motion/chunks/t00000.bin"
+    run_snakemake(tmp_path, "--cores", "2", target,
+                  overrides={"recordings": str(drifting_recording),
+                             "motion": {"enabled": True, "min_displacement_um": 1000.0},
+                             "keep_intermediates": True})
+    base = tmp_path / "results" / "drifting"
+    with h5py.File(base / "motion" / "motion.h5", "r") as f:
+        assert not bool(f.attrs["apply"])
+    source, linked = base / "preprocess" / "chunks" / "t00000.bin", tmp_path / target
+    assert linked.read_bytes() == source.read_bytes()
+    assert linked.stat().st_ino == source.stat().st_ino
+    assert "copied unchanged" in (base / "logs" / "correct" / "t00000.log").read_text()
