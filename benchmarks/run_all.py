@@ -29,6 +29,11 @@ Sections (run in this order; ``--only`` picks some):
 ``global_memory`` peak RSS of every global job (merge_spikes ... report) against the
                 number of spikes, on synthetic 384-channel inputs; MB per
                 million spikes and the 2 h x 384 ch projection (issue 17; ~5 min)
+``long``        long drifting recordings (384 ch x 2/5/15 min, 64 ch x 10/60 min by
+                default; ``--long PROBE:MINUTES``): wall and CPU per second of
+                recording, Snakemake's share, every rule's peak RSS, peak disk,
+                DAG time, projection to 2 h (issue 17; hours, ~45 GB of disk;
+                run only when named: ``--only long``)
 
 Each section writes ``<section>.json`` and one CSV per table into the results
 folder (``benchmarks/results``, or ``benchmarks/results/quick`` with
@@ -42,6 +47,7 @@ Examples::
     python benchmarks/run_all.py --quick               # small sizes (a few minutes)
     python benchmarks/run_all.py --only preprocess --only detection
     python benchmarks/run_all.py --only scale --scale-minutes 2,5,10 --wide-minutes 1
+    python benchmarks/run_all.py --only long --long 384:2,5,15 --long 64:10,60
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import bench_detection  # noqa: E402
 import bench_disk  # noqa: E402
 import bench_global_memory  # noqa: E402
 import bench_kernels  # noqa: E402
+import bench_long  # noqa: E402
 import bench_motion  # noqa: E402
 import bench_nn  # noqa: E402
 import bench_phase_shift  # noqa: E402
@@ -78,8 +85,10 @@ from benchlib import Context, Table, load_config  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SECTIONS = (
     "preprocess", "sort", "detection", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile", "motion_scaling", "global_memory",
+    "disk", "profile", "motion_scaling", "global_memory", "long",
 )
+#: Sections run only when named with --only (hours of machine time).
+OPT_IN = ("long",)
 TITLES = {
     "preprocess": "1. Preprocessing throughput (issue 3)",
     "detection": "2. Detection against ground truth (issue 4)",
@@ -93,10 +102,11 @@ TITLES = {
     "profile": "9. Profile per stage and parallel efficiency (issue 16)",
     "motion_scaling": "10. Motion job versus recording length (issue 17)",
     "global_memory": "11. Global jobs' peak memory versus spikes (issue 17)",
+    "long": "12. Long recordings (issue 17)",
 }
 SUMMARY_ORDER = (
     "preprocess", "detection", "sort", "scale", "plan", "nn", "phase_shift", "kernels",
-    "disk", "profile", "motion_scaling", "global_memory",
+    "disk", "profile", "motion_scaling", "global_memory", "long",
 )
 PACKAGES = ("shardsort", "numpy", "scipy", "spikeinterface", "snakemake")
 
@@ -111,6 +121,15 @@ def _minutes(text: str) -> tuple[float, ...]:
             f"expected comma-separated positive minutes such as 2,5; got {text!r}"
         )
     return values
+
+
+def _long_plan(text: str) -> tuple[int, tuple[float, ...]]:
+    probe, _, minutes = text.partition(":")
+    if not probe.strip().isdigit() or int(probe) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected PROBE_CHANNELS:MINUTES such as 384:2,5,15; got {text!r}"
+        )
+    return int(probe), _minutes(minutes)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -156,6 +175,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-data",
         action="store_true",
         help="keep the large generated recordings in benchmarks/work",
+    )
+    parser.add_argument(
+        "--long",
+        type=_long_plan,
+        action="append",
+        help="section long: a probe and its durations, PROBE:MINUTES (repeatable; "
+        "default 384:2,5,15 and 64:10,60; 64:0.5,1 with --quick)",
+    )
+    parser.add_argument(
+        "--long-chunk-check",
+        action="store_true",
+        help="section long: sort the shortest recording of each probe again with "
+        "half the chunk budget and compare the spike trains",
     )
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--results", type=Path, default=None)
@@ -248,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = make_context(args)
     ctx.work.mkdir(parents=True, exist_ok=True)
-    chosen = [s for s in SECTIONS if not args.only or s in args.only]
+    chosen = [
+        s for s in SECTIONS if (s in args.only if args.only else s not in OPT_IN)
+    ]
     failed = []
     demo_results = ctx.work / "sort" / "demo" / "results" / "demo"
     for name in chosen:
@@ -283,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                 tables = bench_motion.run(ctx)
             elif name == "global_memory":
                 tables = bench_global_memory.run(ctx)
+            elif name == "long":
+                tables = bench_long.run(
+                    ctx,
+                    tuple(args.long) if args.long else None,
+                    chunk_check=0.0 if args.long_chunk_check else None,
+                    record=record,
+                )
         except Exception:
             record["error"] = traceback.format_exc()
             failed.append(name)
