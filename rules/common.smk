@@ -159,13 +159,38 @@ def get_margin(stage):
     return margin
 
 
+def filter_in_preprocess(recording):
+    """One channel shard (shards.channels_per_shard: auto): the preprocess job
+    filters its chunk itself, no filter job and no filtered file."""
+    return len(PLANS[recording].channel_shards) == 1
+
+
 def get_filtered_chunk(wildcards):
+    if filter_in_preprocess(wildcards.recording):
+        return []
     return expand(
         "results/{recording}/preprocess/filtered/c{shard}_t{chunk}.f32",
         recording=wildcards.recording,
         shard=shard_ids(wildcards.recording),
         chunk=wildcards.chunk,
     )
+
+
+def get_preprocess_raw(wildcards):
+    return [get_raw(wildcards)] if filter_in_preprocess(wildcards.recording) else []
+
+
+def get_preprocess_filter(wildcards):
+    """The filter settings of a preprocess job that filters (else None); the
+    band is part of them so that a band change reruns the job."""
+    if not filter_in_preprocess(wildcards.recording):
+        return None
+    return {
+        "band": get_band(wildcards),
+        "sos": get_sos(wildcards),
+        "margin_samples": get_margin("filter")(wildcards),
+        "sample_shifts": get_sample_shifts(wildcards),
+    }
 
 
 def get_filtered_chunk_sidecars(wildcards):

@@ -1,5 +1,8 @@
-# Preprocessing: band-pass per channel shard x time chunk, global noise statistics
-# and whitening computed once, then reference/scale/whiten per time chunk.
+# Preprocessing: global noise statistics and whitening computed once from
+# filtered noise segments, then per time chunk: band-pass, reference, scale and
+# whiten. With one channel shard (shards.channels_per_shard: auto) the preprocess
+# job filters its chunk itself; with several, filter jobs band-pass each channel
+# shard x time chunk first and the preprocess job joins their files.
 
 
 rule filter:
@@ -112,6 +115,7 @@ rule preprocess:
     input:
         filtered=get_filtered_chunk,
         sidecars=get_filtered_chunk_sidecars,
+        raw=get_preprocess_raw,
         noise="results/{recording}/preprocess/noise.h5",
         whitening="results/{recording}/preprocess/whitening.h5",
     # Before the filter jobs of other chunks: the scheduler otherwise prefers
@@ -126,6 +130,7 @@ rule preprocess:
         recording=get_recording,
         chunk=get_chunk,
         preprocess=config["preprocess"],
+        filter=get_preprocess_filter,
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

@@ -1,10 +1,17 @@
-"""preprocess[t]: reference, scale and whiten one time chunk (all channels)."""
+"""preprocess[t]: reference, scale and whiten one time chunk (all channels).
+
+With one channel shard (shards.channels_per_shard: auto) the job filters the
+raw chunk itself; with several, it reads the filter jobs' shards. Both routes
+give identical chunks (the same filter, the same rounding of the filtered
+values when they would be stored compressed)."""
 
 import numpy as np
 
-from shardsort.io.arrays import read_array, read_sidecar, write_array
+from shardsort.io.arrays import read_array, read_sidecar, round_mantissa, write_array
 from shardsort.jobs import job_logger, read_h5
+from shardsort.phase import FILTERED_MANTISSA_BITS, filter_channels
 from shardsort.preprocess import apply_preprocessing
+from shardsort.recordings import open_spec
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
@@ -17,7 +24,32 @@ good = noise["good_mask"].astype(bool)
 parts = sorted(
     snakemake.input.filtered, key=lambda p: read_sidecar(p)["channel_start"]
 )
-filtered = np.concatenate([np.asarray(read_array(p)) for p in parts], axis=1)
+# NaN/inf raw samples replaced by 0 before filtering, {channel: [count, first
+# sample]} (shards hold disjoint channels); read by the report.
+nonfinite = {}
+if parts:
+    filtered = np.concatenate([np.asarray(read_array(p)) for p in parts], axis=1)
+    for p in parts:
+        nonfinite.update(
+            {int(c): v for c, v in read_sidecar(p).get("nonfinite", {}).items()}
+        )
+else:
+    fused = snakemake.params.filter
+    filtered, nonfinite = filter_channels(
+        open_spec(spec),
+        start=chunk["start"],
+        stop=chunk["stop"],
+        channel_start=0,
+        channel_stop=int(spec["n_channels"]),
+        margin_samples=int(fused["margin_samples"]),
+        sos=fused["sos"],
+        sample_shifts=fused["sample_shifts"],
+    )
+    if pre["compression"] != "none":
+        filtered = round_mantissa(filtered, bits=FILTERED_MANTISSA_BITS)
+    for channel, (count, at) in nonfinite.items():
+        log.warning("channel %d: %d NaN/inf raw samples replaced by 0 before filtering, "
+                    "the first at sample %d", channel, count, at)
 # int16 chunks store noise units in steps of 1/int16_scale (32: range +-1024
 # noise units, quantisation noise 0.009 noise SD).
 int16_scale = float(pre["int16_scale"]) if pre["output_dtype"] == "int16" else None
@@ -35,11 +67,6 @@ out = apply_preprocessing(
     int16_scale=int16_scale,
 )
 attrs = {"start_sample": chunk["start"]}
-# NaN/inf raw samples the filter jobs replaced by 0, {channel: [count, first
-# sample]} (shards hold disjoint channels); read by the report.
-nonfinite = {}
-for p in parts:
-    nonfinite.update({int(c): v for c, v in read_sidecar(p).get("nonfinite", {}).items()})
 if nonfinite:
     attrs["nonfinite"] = dict(sorted(nonfinite.items()))
 if int16_scale is not None:

@@ -514,8 +514,8 @@ def solve_displacement(
     robust_iterations = _check_int("robust_iterations", robust_iterations, 0)
     robust_scale = _check_positive("robust_scale", robust_scale)
     n_rows, n = lag.shape
-    if n == 0:
-        return np.zeros(0)
+    if n <= 1:  # one time bin (or none): nothing to register, no displacement
+        return np.zeros(n)
     offsets = np.arange(n_rows)[:, None]
     target = offsets + np.arange(n)[None, :]  # the pair's second bin, i + d
     inside = target < n

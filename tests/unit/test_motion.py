@@ -717,3 +717,10 @@ def test_a_time_horizon_recovers_a_slow_drift_over_two_hours():
     )
     error = estimate[:, 0] - _centred(drift)
     assert np.sqrt(np.mean(error**2)) < 1.0, np.sqrt(np.mean(error**2))
+
+
+def test_solve_displacement_of_a_single_time_bin_is_zero():
+    from shardsort.motion import solve_displacement
+
+    assert solve_displacement(np.zeros((1, 1)), np.zeros((1, 1))).tolist() == [0.0]
+    assert solve_displacement(np.zeros((1, 0)), np.zeros((1, 0))).shape == (0,)

@@ -159,8 +159,9 @@ def test_check_counts_the_jobs_of_a_fresh_sort(nwb_file, tmp_path):
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("jobs to run ("))
     counts = {rule: int(n) for rule, n in (line.split() for line in lines[start + 1 :])}
-    assert counts["filter"] == counts["detect"] == counts["deconvolve"]
-    assert counts["all"] == 1 and counts["filter"] >= 1
+    # One channel shard: the preprocess jobs filter, no filter job.
+    assert counts["preprocess"] == counts["detect"] == counts["deconvolve"]
+    assert counts["all"] == 1 and counts["preprocess"] >= 1 and "filter" not in counts
 
 
 def test_run_shardsort_returns_the_phy_spike_trains(si_sorted, nwb_sorted):

@@ -143,7 +143,7 @@ def test_nan_samples_are_zeroed_with_a_warning(tmp_path):
 
     run_snakemake(tmp_path, "--cores", "2", config={"recordings": table})
     out = tmp_path / "results" / "nan"
-    (log,) = (out / "logs" / "filter").iterdir()
+    (log,) = (out / "logs" / "preprocess").iterdir()  # it filters its chunk
     assert ("channel 5: 10 NaN/inf raw samples replaced by 0 before filtering, the first at "
             "sample 1000") in log.read_text()
     page = (out / "report" / "metrics.html").read_text(encoding="utf-8")

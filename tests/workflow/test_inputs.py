@@ -75,3 +75,27 @@ def test_channel_major_float32_recording_with_a_dead_channel(tmp_path):
     assert len(peaks) > 100
     assert not np.any(peaks["channel_index"] == 5)
     assert path.read_bytes() == before  # the input is never written to
+
+
+def test_filtering_in_preprocess_equals_filter_jobs_per_channel_shard(tmp_path):
+    # One channel shard (the default): the preprocess job filters its chunk
+    # itself; 3 shards: filter jobs write shard files the preprocess job joins.
+    # The preprocessed chunks must be identical bytes (compressed or not).
+    table = write_small_recording(tmp_path / "data", name="rec", n_channels=40,
+                                  duration_s=12.0, n_units=6, seed=3)
+    chunks = {}
+    for shards in ("auto", 16):
+        for compression in ("lz4", "none"):
+            work = tmp_path / f"w_{shards}_{compression}"
+            work.mkdir()
+            proc = run_snakemake(
+                work, "--cores", "2", "results/rec/preprocess/chunks/t00000.bin",
+                overrides={"recordings": str(table), "keep_intermediates": True,
+                           "shards": {"channels_per_shard": shards},
+                           "preprocess": {"compression": compression}},
+            )
+            assert ("rule filter:" in proc.stdout + proc.stderr) == (shards != "auto")
+            chunks[shards, compression] = (
+                work / "results/rec/preprocess/chunks/t00000.bin").read_bytes()
+    for compression in ("lz4", "none"):
+        assert chunks["auto", compression] == chunks[16, compression], compression
