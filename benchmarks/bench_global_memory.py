@@ -1,11 +1,14 @@
 """Peak memory of the global (one-per-recording) jobs against the number of spikes.
 
 The per-chunk jobs are bounded by ``shards.max_memory_mb``; the global jobs
-(merge_spikes, templates, merge_units, metrics, ground_truth, export_phy,
-export_nwb, report_overview, report_units) read what every chunk produced, so
-their memory can grow with the recording's duration. This benchmark builds
+(merge_spikes, merge_clusters, templates, merge_units, metrics, ground_truth,
+export_phy, export_nwb, report_overview, report_units) read what every chunk
+produced, so their memory can grow with the recording's duration. One
+per-chunk job that reads global tables, template_sums, is measured too (one
+6-s chunk in the middle of the recording): only its spike-table part may grow. This benchmark builds
 synthetic inputs in the real file formats of the upstream jobs (per-chunk
-detection and deconvolution ``.npz`` files, template sums, ``spikes.h5``,
+detection, clustering and deconvolution ``.npz`` files, template sums, one
+preprocessed chunk, ``spikes.h5``,
 ``clusters.h5``, ``templates.h5``, ``sorting.h5``, ...) for a 384-channel,
 150-unit recording at two or three spike counts (1,500 spikes/s: 150 units at
 10 Hz, 6-s chunks), and runs every job's own script on them in a fresh Python
@@ -51,16 +54,19 @@ PRE, POST = 30, 45  # detect.ms_before / ms_after at 30 kHz
 N_PCS, N_NEIGHBOURS = 3, 10
 PROJECT_HOURS = 2.0
 SPIKES_PER_HOUR = SPIKES_PER_S * 3600.0
+N_GROUPS = 8  # clustering channel groups (contiguous ranges of units)
+TRIAGED = 0.02  # fraction of spikes the clustering leaves unassigned
 JOBS = (
-    "merge_spikes", "templates", "merge_units", "metrics", "ground_truth",
-    "export_phy", "export_nwb", "report_overview", "report_units",
+    "merge_spikes", "merge_clusters", "template_sums", "templates", "merge_units",
+    "metrics", "ground_truth", "export_phy", "export_nwb", "report_overview",
+    "report_units",
 )
 SCRIPTS = {job: job for job in JOBS}
 SCRIPTS.update(report_overview="report_figures", report_units="report_figures")
 NOTE = (
     "Synthetic inputs in the upstream jobs' file formats: 384 channels, 150 units at "
     "10 Hz (1,500 spikes/s, 5.4 M spikes/h), 6-s chunks, 3 PCs x 10 channels of features "
-    "per spike. peak_MB: VmHWM of a fresh process running the job's script; "
+    "per spike; template_sums (a per-chunk job) runs on one 6-s chunk. peak_MB: VmHWM of a fresh process running the job's script; "
     "MB_per_M_spikes: least-squares slope over the spike counts; MB_per_h_384ch: slope x "
     "5.4; projected_2h_384ch_MB: the fit at 10.8 M spikes. same_output: the job's outputs "
     "equal those of the baseline revision (figures not compared)."
@@ -221,6 +227,28 @@ def synthesize(folder: Path, n_spikes: int, seed: int = 0) -> dict:
     _write_npz(folder / "deconv_basis.npz", **basis.to_arrays())
     _write_npz(folder / "ground_truth.npz", sample_index=times, unit_index=units,
                snr=np.full(N_UNITS, 8.0))
+    # Clustering: one label file per channel group (rows of its spikes, local labels).
+    (folder / "cluster").mkdir(exist_ok=True)
+    label_paths = []
+    triaged = rng.random(n_spikes) < TRIAGED
+    unit_bounds = np.linspace(0, N_UNITS, N_GROUPS + 1).astype(int)
+    for g in range(N_GROUPS):
+        rows = np.flatnonzero((units >= unit_bounds[g]) & (units < unit_bounds[g + 1]))
+        local = np.where(triaged[rows], -1, units[rows] - unit_bounds[g]).astype(np.int32)
+        path = folder / "cluster" / f"g{g:03d}.npz"
+        _write_npz(path, rows=rows.astype(np.int64), labels=local)
+        label_paths.append(str(path))
+    # The preprocessed chunk (with margins) of the template_sums job: the middle one.
+    middle = (len(bounds) - 1) // 2
+    chunk = {"index": int(middle), "start": int(bounds[middle]), "stop": int(bounds[middle + 1])}
+    margin = PRE + POST
+    (folder / "preprocessed").mkdir(exist_ok=True)
+    chunk_path = folder / "preprocessed" / f"t{middle:04d}.bin"
+    values = rng.integers(-800, 800, (chunk["stop"] - chunk["start"] + 2 * margin, N_CHANNELS),
+                          dtype=np.int16)
+    write_array(chunk_path, values, sampling_rate_hz=RATE_HZ,
+                start_sample=chunk["start"] - margin, scale=0.005)
+    del values
     # Noise segments: half a second in 4 short preprocessed chunks.
     (folder / "noise_chunks").mkdir(exist_ok=True)
     segments, noise_paths = [], []
@@ -234,7 +262,8 @@ def synthesize(folder: Path, n_spikes: int, seed: int = 0) -> dict:
     return {
         "folder": folder, "spec": spec, "n_spikes": n_spikes, "n_chunks": len(bounds) - 1,
         "detect": detect_paths, "deconvolve": deconv_paths, "sums": sums_paths,
-        "noise_chunks": noise_paths, "segments": segments,
+        "noise_chunks": noise_paths, "segments": segments, "labels": label_paths,
+        "chunk": chunk, "chunk_margin": margin, "chunk_path": str(chunk_path),
     }
 
 
@@ -259,6 +288,16 @@ def job_object(job: str, inputs: dict, out: Path) -> SimpleNamespace:
         inp = _io(peaks=inputs["detect"], basis=str(f / "basis.h5"))
         output = _io(spikes=str(out / "spikes.h5"))
         params = _io(recording=spec, code=code)
+    elif job == "merge_clusters":
+        inp = _io(labels=inputs["labels"], spikes=str(shared / "spikes.h5"))
+        output = _io(clusters=str(out / "clusters.h5"))
+        params = _io(templates=cfg["templates"], seed=0, code=code)
+    elif job == "template_sums":
+        inp = _io(chunks=[inputs["chunk_path"]], spikes=str(shared / "spikes.h5"),
+                  clusters=str(f / "clusters.h5"))
+        output = _io(sums=str(out / "sums.npz"))
+        params = _io(recording=spec, chunk=inputs["chunk"],
+                     margin_samples=inputs["chunk_margin"], detect=detect, code=code)
     elif job == "templates":
         inp = _io(sums=inputs["sums"], spikes=str(shared / "spikes.h5"),
                   clusters=str(f / "clusters.h5"), noise_chunks=inputs["noise_chunks"])

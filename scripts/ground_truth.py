@@ -1,23 +1,28 @@
 """ground_truth: per-unit accuracy of the sort against a ground-truth spike train."""
 
+import h5py
 import numpy as np
 
-from shardsort.groundtruth import compare_sorting, summarize
+from shardsort.groundtruth import compact_samples, compare_sorting, summarize
 from shardsort.io.arrays import atomic_path
-from shardsort.jobs import job_logger, read_h5
+from shardsort.jobs import job_logger
 
 log = job_logger(snakemake)
 cfg = snakemake.params.ground_truth
-sorting = read_h5(snakemake.input.sorting, keys=["spikes"])
-spikes = sorting["spikes"]
-rate = float(sorting["attrs"]["sampling_rate_hz"])
+# Only the two columns the comparison uses, samples as int32 where they fit
+# (the comparison's own form: no second copy of either train).
+with h5py.File(snakemake.input.sorting, "r") as f:
+    rate = float(f.attrs["sampling_rate_hz"])
+    sorted_samples = compact_samples(f["spikes"].fields("sample_index")[()])
+    sorted_units = f["spikes"].fields("unit_index")[()]
 with np.load(snakemake.input.ground_truth) as gt:
-    gt_samples, gt_units = gt["sample_index"], gt["unit_index"]
+    gt_samples, gt_units = compact_samples(gt["sample_index"]), gt["unit_index"]
     snr = gt["snr"] if "snr" in gt.files else None
 comparison = compare_sorting(
-    gt_samples, gt_units, spikes["sample_index"], spikes["unit_index"],
+    gt_samples, gt_units, sorted_samples, sorted_units,
     sampling_rate_hz=rate, delta_ms=cfg["delta_ms"],
 )
+del gt_samples, gt_units, sorted_samples, sorted_units
 summary = summarize(comparison, well_detected_accuracy=cfg["well_detected_accuracy"])
 rows = comparison["gt"]
 with atomic_path(snakemake.output.scores) as tmp, open(tmp, "w") as fh:

@@ -1,29 +1,72 @@
-"""template_sums[t]: per-cluster waveform sums over one time chunk."""
+"""template_sums[t]: per-cluster waveform sums over one time chunk.
 
+Reads only its chunk's rows of the spike table and of the cluster labels:
+the peaks table is in time order (merge_spikes), so the rows are found by a
+binary search on the sample column, and the job's memory does not grow with
+the recording.
+"""
+
+import h5py
 import numpy as np
 
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.jobs import job_logger, write_npz
 from shardsort.templates import accumulate_templates
 from shardsort.workflow import waveform_samples
+
+#: Rows below which the binary search reads the rest of the range at once.
+SEARCH_BLOCK_ROWS = 4096
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 margin = int(snakemake.params.margin_samples)
 pre, post = waveform_samples({"detect": snakemake.params.detect}, spec["sampling_rate_hz"])
-peaks = read_h5(snakemake.input.spikes, keys=["peaks"])["peaks"]
-clusters = read_h5(snakemake.input.clusters)
-n_units = int(clusters["attrs"]["n_clusters"])
 
-t = peaks["sample_index"]
-sel = (t >= chunk["start"]) & (t < chunk["stop"]) & (clusters["template_labels"] >= 0)
+
+def first_row_at_or_after(samples, n_rows: int, value: int) -> int:
+    """First row of the ascending column ``samples`` (an HDF5 view) with sample >= ``value``."""
+    lo, hi = 0, n_rows
+    while hi - lo > SEARCH_BLOCK_ROWS:
+        mid = (lo + hi) // 2
+        if samples[mid : mid + 1][0] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo + int(np.searchsorted(samples[lo:hi], value, side="left"))
+
+
+with h5py.File(snakemake.input.spikes, "r") as f:
+    samples = f["peaks"].fields("sample_index")
+    n_rows = len(f["peaks"])
+    lo = first_row_at_or_after(samples, n_rows, chunk["start"])
+    hi = first_row_at_or_after(samples, n_rows, chunk["stop"])
+    t = samples[lo:hi]
+    before = samples[lo - 1 : lo] if lo > 0 else t[:0]
+    after = samples[hi : hi + 1]
+if (np.any(t[1:] < t[:-1]) or np.any(before >= chunk["start"])
+        or np.any(after < chunk["stop"]) or np.any(t < chunk["start"])
+        or np.any(t >= chunk["stop"])):
+    raise ValueError(
+        f"peaks in {snakemake.input.spikes!r} must be in ascending sample order "
+        f"(merge_spikes writes them so); rows {lo}..{hi} of chunk {chunk['index']} are not"
+    )
+with h5py.File(snakemake.input.clusters, "r") as f:
+    n_units = int(f.attrs["n_clusters"])
+    if len(f["template_labels"]) != n_rows:
+        raise ValueError(
+            f"template_labels in {snakemake.input.clusters!r} has "
+            f"{len(f['template_labels'])} rows, the peaks table {n_rows}"
+        )
+    labels = f["template_labels"][lo:hi]
+
+sel = labels >= 0
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
 window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
 sums, counts = accumulate_templates(
     window,
     t[sel] - chunk["start"] + margin,
-    clusters["template_labels"][sel],
+    labels[sel],
     n_units=n_units,
     pre_samples=pre,
     post_samples=post,

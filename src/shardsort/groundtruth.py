@@ -11,6 +11,11 @@ Sorted units are assigned to GT units one-to-one with the Hungarian
 algorithm, maximising the agreement score
 ``matches / (n_gt + n_sorted - matches)``, as in SpikeInterface's
 ground-truth comparison.
+
+:func:`compare_sorting` matches one GT unit at a time against the sorted
+train in time order (int32 samples where they fit, int32 unit indices), so
+besides the two trains it holds one unit's candidate pairs, not every pair of
+the recording.
 """
 
 from __future__ import annotations
@@ -57,13 +62,16 @@ SORTED_SCORE_DTYPE = np.dtype(
 # ---------------------------------------------------------------------------
 
 
-def _integers(name: str, values: npt.ArrayLike) -> npt.NDArray[np.int64]:
+def _integers(name: str, values: npt.ArrayLike) -> np.ndarray:
+    """``values`` as a 1-D integer array, in its own integer dtype (no copy)."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
-    return array.astype(np.int64, copy=False)
+    if not array.size:
+        return array.astype(np.int64)
+    return array
 
 
 def _events(
@@ -71,7 +79,7 @@ def _events(
     samples: npt.ArrayLike,
     units_name: str,
     units: npt.ArrayLike,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+) -> tuple[np.ndarray, np.ndarray]:
     sample_array = _integers(samples_name, samples)
     unit_array = _integers(units_name, units)
     if len(sample_array) != len(unit_array):
@@ -102,13 +110,7 @@ def _candidate_pairs(
 
     Both arrays must be sorted; pairs come ordered by ``i`` then ``j``.
     """
-    low = np.searchsorted(second, first - delta, side="left")
-    high = np.searchsorted(second, first + delta, side="right")
-    per_first = high - low
-    i = np.repeat(np.arange(len(first)), per_first)
-    pair_starts = np.cumsum(per_first) - per_first
-    j = low[i] + np.arange(len(i)) - pair_starts[i]
-    return i, j
+    return _candidate_pairs_between(first - delta, first + delta, second)
 
 
 def _one_to_one(
@@ -155,10 +157,114 @@ def _one_to_one(
     return selected
 
 
-def _time_order(
-    samples: npt.NDArray[np.int64], labels: npt.NDArray[np.int64]
+# ---------------------------------------------------------------------------
+# Compact per-spike arrays (the sorting comparison holds two whole trains)
+# ---------------------------------------------------------------------------
+
+#: Rows per block when labels are mapped to unit indices.
+_BLOCK_ROWS = 1 << 20
+
+
+def _unit_index(units: np.ndarray) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Ascending labels and each spike's position among them (int32), block by block."""
+    ids = np.zeros(0, dtype=units.dtype)
+    for lo in range(0, len(units), _BLOCK_ROWS):
+        ids = np.union1d(ids, units[lo : lo + _BLOCK_ROWS])
+    index = np.empty(len(units), dtype=np.int32)
+    for lo in range(0, len(units), _BLOCK_ROWS):
+        index[lo : lo + _BLOCK_ROWS] = np.searchsorted(ids, units[lo : lo + _BLOCK_ROWS])
+    return ids.astype(np.int64), index
+
+
+def compact_samples(samples: np.ndarray) -> np.ndarray:
+    """Samples as int32 where every value fits (exact), else int64.
+
+    :func:`compare_sorting` holds its trains this way; a caller that reads
+    int64 samples can convert them first and drop the int64 copy.
+    """
+    limits = np.iinfo(np.int32)
+    if len(samples) == 0 or (samples.min() >= limits.min and samples.max() <= limits.max):
+        return samples.astype(np.int32, copy=False)
+    return samples.astype(np.int64, copy=False)
+
+
+def _is_ascending(values: np.ndarray) -> bool:
+    for lo in range(0, max(len(values) - 1, 0), _BLOCK_ROWS):
+        block = values[lo : lo + _BLOCK_ROWS + 1]
+        if np.any(block[1:] < block[:-1]):
+            return False
+    return True
+
+
+def _window_bounds(
+    times: npt.NDArray[np.int64], delta: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """``times - delta`` and ``times + delta`` clipped to ``dtype`` (searchsorted results unchanged)."""
+    limits = np.iinfo(dtype)
+    wide = times.astype(np.int64)
+    low = np.clip(wide - delta, limits.min, limits.max).astype(dtype)
+    high = np.clip(wide + delta, limits.min, limits.max).astype(dtype)
+    return low, high
+
+
+def _pair_match_counts(
+    times: np.ndarray,
+    train_times: np.ndarray,
+    train_units: npt.NDArray[np.int32],
+    delta: int,
+    n_units: int,
 ) -> npt.NDArray[np.int64]:
-    return np.lexsort((labels, samples))
+    """Maximum one-to-one matches of one unit's spikes with each unit of a train.
+
+    ``times`` (one unit's spikes) and ``train_times`` must be ascending;
+    ``train_units`` holds the unit index (``0 .. n_units - 1``) of every
+    train spike. Returns int64 ``(n_units,)``: for every unit of the train,
+    the size of a maximum matching between ``times`` and that unit's spikes
+    with ``|difference| <= delta``.
+    """
+    counts = np.zeros(n_units, dtype=np.int64)
+    low, high = _window_bounds(times, delta, train_times.dtype)
+    i, j = _candidate_pairs_between(low, high, train_times)
+    if len(i) == 0:
+        return counts
+    unit = train_units[j]
+    order = np.argsort(unit, kind="stable")  # pairs by unit, then i, then j
+    i, j, unit = i[order], j[order], unit[order]
+    # A pair whose two spikes take part in no other pair of its unit pair is
+    # an isolated edge: in every maximum matching. The rest (rare: two spikes
+    # of one unit within 2 delta) go to the greedy, which is exact per unit
+    # pair (windows of equal width: earliest free spike, in time order).
+    shared = np.zeros(len(i), dtype=bool)
+    same_i = (unit[1:] == unit[:-1]) & (i[1:] == i[:-1])
+    shared[1:] |= same_i
+    shared[:-1] |= same_i
+    ranked = np.sort(j)
+    repeated_j = ranked[1:][ranked[1:] == ranked[:-1]]
+    if len(repeated_j):
+        shared |= np.isin(j, repeated_j)  # a train spike belongs to one unit
+    counts += np.bincount(unit[~shared], minlength=n_units)
+    taken_first: set[tuple[int, int]] = set()
+    taken_second: set[int] = set()
+    redo = np.flatnonzero(shared)
+    for u, a, b in zip(unit[redo].tolist(), i[redo].tolist(), j[redo].tolist()):
+        if (u, a) not in taken_first and b not in taken_second:
+            taken_first.add((u, a))
+            taken_second.add(b)
+            counts[u] += 1
+    return counts
+
+
+def _candidate_pairs_between(
+    low: np.ndarray, high: np.ndarray, train_times: np.ndarray
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """All ``(i, j)`` with ``low[i] <= train_times[j] <= high[i]``, by ``i`` then ``j``."""
+    start = np.searchsorted(train_times, low, side="left")
+    stop = np.searchsorted(train_times, high, side="right")
+    per_first = stop - start
+    i = np.repeat(np.arange(len(low)), per_first)
+    pair_starts = np.cumsum(per_first) - per_first
+    j = start[i] + np.arange(len(i)) - pair_starts[i]
+    return i, j
 
 
 # ---------------------------------------------------------------------------
@@ -211,21 +317,28 @@ def compare_sorting(
     if not (math.isfinite(min_score) and 0 <= min_score < 1):
         raise ValueError(f"min_score must be in [0, 1), got {min_score!r}")
 
-    gt_ids, gt_index = np.unique(gt_units, return_inverse=True)
-    sorted_ids, sorted_index = np.unique(sorted_units, return_inverse=True)
+    # Per GT unit against the whole sorted train in time order: the train is
+    # held as int32 samples (where they fit) and int32 unit indices, the GT
+    # spikes as int32 unit indices and one int64 grouping order.
+    gt_ids, gt_index = _unit_index(gt_units)
+    sorted_ids, sorted_index = _unit_index(sorted_units)
     n_gt = np.bincount(gt_index, minlength=len(gt_ids))
     n_sorted = np.bincount(sorted_index, minlength=len(sorted_ids))
-
-    gt_order = _time_order(gt_samples, gt_index)
-    sorted_order = _time_order(sorted_samples, sorted_index)
-    gt_unit_of = gt_index[gt_order]
-    sorted_unit_of = sorted_index[sorted_order]
-    i, j = _candidate_pairs(gt_samples[gt_order], sorted_samples[sorted_order], delta)
-    unit_pair = gt_unit_of[i] * len(sorted_ids) + sorted_unit_of[j]
-    matched = _one_to_one(i, j, unit_pair, len(gt_samples))
-    counts = np.bincount(
-        unit_pair[matched], minlength=len(gt_ids) * len(sorted_ids)
-    ).reshape(len(gt_ids), len(sorted_ids))
+    train_times = compact_samples(sorted_samples)
+    if not _is_ascending(train_times):
+        order = np.argsort(train_times, kind="stable")
+        train_times, sorted_index = train_times[order], sorted_index[order]
+        del order
+    gt_times = compact_samples(gt_samples)
+    by_unit = np.argsort(gt_index, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(n_gt)])
+    counts = np.zeros((len(gt_ids), len(sorted_ids)), dtype=np.int64)
+    for unit in range(len(gt_ids)):
+        times = np.sort(gt_times[by_unit[bounds[unit] : bounds[unit + 1]]])
+        counts[unit] = _pair_match_counts(
+            times, train_times, sorted_index, delta, len(sorted_ids)
+        )
+    del by_unit, train_times, sorted_index
     # Every listed unit has at least one spike, so denominators are >= 1.
     agreement = counts / (n_gt[:, None] + n_sorted[None, :] - counts)
 
@@ -378,8 +491,11 @@ def detection_scores(
         ``n_detections`` and ``n_unmatched_detections`` (detections matching
         no GT spike).
     """
-    gt_samples, gt_units = _events("gt_samples", gt_samples, "gt_units", gt_units)
-    detected = _integers("detected_samples", detected_samples)
+    gt_samples, gt_units = (
+        a.astype(np.int64, copy=False)
+        for a in _events("gt_samples", gt_samples, "gt_units", gt_units)
+    )
+    detected = _integers("detected_samples", detected_samples).astype(np.int64, copy=False)
     if isinstance(delta_samples, bool) or not isinstance(
         delta_samples, (int, np.integer)
     ):

@@ -283,3 +283,82 @@ def test_detection_empty_and_bad_inputs():
     assert only_detections["n_unmatched_detections"] == 2
     with pytest.raises(ValueError, match="delta_samples must be >= 0, got -1"):
         detection_scores([1], [0], [1], delta_samples=-1)
+
+
+# ---------------------------------------------------------------------------
+# Per-unit matching against a straightforward reference
+# ---------------------------------------------------------------------------
+
+
+def _reference_counts(gt_samples, gt_units, sorted_samples, sorted_units, delta):
+    """Maximum bipartite matching of every unit pair, from the dense window graph."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    gt_ids, sorted_ids = np.unique(gt_units), np.unique(sorted_units)
+    counts = np.zeros((len(gt_ids), len(sorted_ids)), dtype=np.int64)
+    for a, g in enumerate(gt_ids):
+        first = np.asarray(gt_samples)[gt_units == g].astype(np.int64)
+        for b, s in enumerate(sorted_ids):
+            second = np.asarray(sorted_samples)[sorted_units == s].astype(np.int64)
+            graph = csr_matrix(np.abs(first[:, None] - second[None, :]) <= delta)
+            matched = maximum_bipartite_matching(graph, perm_type="column")
+            counts[a, b] = np.count_nonzero(matched >= 0)
+    return gt_ids, sorted_ids, counts
+
+
+def _random_trains(rng, dtype):
+    n_gt = int(rng.integers(0, 120))
+    span = int(rng.choice([40, 400, 4000]))
+    gt_samples = rng.integers(0, span, n_gt)
+    gt_units = rng.integers(0, rng.integers(1, 6), n_gt) * int(rng.choice([1, 9]))
+    # Half the sorted spikes near GT spikes (some exactly at +-DELTA), the rest
+    # anywhere; coincident spikes within a unit occur at the short spans.
+    near = gt_samples[: n_gt // 2] + rng.choice([-DELTA - 1, -DELTA, 0, DELTA, DELTA + 1,
+                                                 *range(-DELTA, DELTA + 1, 5)], n_gt // 2)
+    sorted_samples = np.concatenate([near, rng.integers(0, span, int(rng.integers(0, 60)))])
+    sorted_units = rng.integers(-1, rng.integers(1, 7), len(sorted_samples))
+    order = rng.permutation(len(sorted_samples))
+    return (gt_samples.astype(dtype), gt_units.astype(dtype),
+            sorted_samples[order].astype(dtype), sorted_units[order].astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16])
+def test_match_counts_equal_a_maximum_matching_per_unit_pair(dtype):
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        trains = _random_trains(rng, dtype)
+        if dtype == np.uint16:
+            trains = tuple(np.abs(t.astype(np.int64)).astype(dtype) for t in trains)
+        result = _compare(*trains)
+        gt_ids, sorted_ids, counts = _reference_counts(*trains, DELTA)
+        np.testing.assert_array_equal(result["gt_unit_ids"], gt_ids)
+        np.testing.assert_array_equal(result["sorted_unit_ids"], sorted_ids)
+        np.testing.assert_array_equal(result["match_counts"], counts)
+        assert result["match_counts"].dtype == np.int64
+        assert result["gt_unit_ids"].dtype == result["sorted_unit_ids"].dtype == np.int64
+        n_gt = np.array([np.count_nonzero(trains[1] == g) for g in gt_ids])
+        n_sorted = np.array([np.count_nonzero(trains[3] == s) for s in sorted_ids])
+        agreement = counts / (n_gt[:, None] + n_sorted[None, :] - counts)
+        np.testing.assert_array_equal(result["agreement"], agreement)
+
+
+def test_coincident_spikes_and_the_window_boundary():
+    # GT unit 0: two coincident spikes; sorted unit 5: one at +DELTA, one at
+    # -DELTA - 1 (outside), two coincident at +DELTA + 1 (outside) and one
+    # coincident pair exactly on the GT spikes of unit 1.
+    gt_samples = [100, 100, 500, 500]
+    gt_units = [0, 0, 1, 1]
+    sorted_samples = [100 + DELTA, 100 - DELTA - 1, 100 + DELTA + 1, 100 + DELTA + 1, 500, 500]
+    sorted_units = [5, 5, 5, 5, 5, 5]
+    result = _compare(gt_samples, gt_units, sorted_samples, sorted_units)
+    assert result["match_counts"].tolist() == [[1], [2]]
+
+
+def test_samples_beyond_int32_are_matched_exactly():
+    base = np.int64(2**31 - 5)
+    gt_samples = base + np.array([0, 10, 40])
+    result = _compare(gt_samples, [0, 0, 0], gt_samples + DELTA, [1, 1, 1])
+    assert result["match_counts"].tolist() == [[3]]
+    edge = _compare([2**31 - 1], [0], [2**31 - 1 - DELTA], [0])
+    assert edge["match_counts"].tolist() == [[1]]

@@ -1,5 +1,8 @@
 """Streamed readers and writers of the global jobs equal their whole-array versions."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import h5py
 import numpy as np
 import pytest
@@ -97,3 +100,131 @@ def test_split_units_reading_one_unit_at_a_time_gives_the_same_cuts():
     np.testing.assert_array_equal(whole[0], streamed[0])
     np.testing.assert_array_equal(whole[1], streamed[1])
     assert set(read) == {0, 1}
+
+
+# ---------------------------------------------------------------------------
+# Job scripts that read only part of the global tables
+# ---------------------------------------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _run_script(name: str, smk, replace: tuple[str, str]) -> None:
+    """Run ``scripts/<name>.py`` on a stand-in ``snakemake``, with one constant replaced."""
+    source = (SCRIPTS / f"{name}.py").read_text()
+    assert source.count(replace[0]) == 1
+    code = compile(source.replace(*replace), str(SCRIPTS / f"{name}.py"), "exec")
+    exec(code, {"snakemake": smk, "__name__": "__main__"})
+
+
+def _smk(tmp_path, **sections):
+    return SimpleNamespace(log=[str(tmp_path / "job.log")], rule="job", **{
+        key: SimpleNamespace(**value) for key, value in sections.items()})
+
+
+@pytest.mark.parametrize("block_rows", [7, 1000, 1 << 16])
+def test_merge_clusters_picks_the_spikes_of_the_per_cluster_reference(tmp_path, block_rows):
+    rng = np.random.default_rng(3)
+    n_spikes, cap = 5000, 40
+    with h5py.File(tmp_path / "spikes.h5", "w") as f:
+        f.attrs["n_spikes"] = n_spikes
+    paths = []
+    for group, n_clusters in enumerate((6, 0, 1, 30)):  # an empty group, a single cluster
+        rows = np.sort(rng.choice(n_spikes, 1200, replace=False))
+        labels = rng.integers(-1, n_clusters, len(rows)) if n_clusters else np.full(len(rows), -1)
+        if n_clusters > 1:
+            labels[rng.random(len(rows)) < 0.5] = 0  # one cluster well above the cap
+        paths.append(str(tmp_path / f"g{group}.npz"))
+        np.savez(paths[-1], rows=rows.astype(np.int64), labels=labels.astype(np.int32))
+    smk = _smk(tmp_path, input={"labels": paths, "spikes": str(tmp_path / "spikes.h5")},
+               output={"clusters": str(tmp_path / "clusters.h5")},
+               params={"templates": {"max_spikes_per_unit": cap}})
+    _run_script("merge_clusters", smk, ("BLOCK_ROWS = 1 << 16", f"BLOCK_ROWS = {block_rows}"))
+    with h5py.File(tmp_path / "clusters.h5") as f:
+        labels, template_labels = f["labels"][()], f["template_labels"][()]
+        n_clusters = int(f.attrs["n_clusters"])
+    assert n_clusters == 6 + 1 + 30
+    expected = np.full(n_spikes, -1, dtype=np.int32)
+    for unit in range(n_clusters):
+        members = np.flatnonzero(labels == unit)
+        if len(members) > cap:
+            members = members[np.linspace(0, len(members) - 1, cap).round().astype(int)]
+        expected[members] = unit
+    assert template_labels.dtype == np.int32
+    np.testing.assert_array_equal(template_labels, expected)
+    assert np.bincount(template_labels[template_labels >= 0]).max() == cap
+
+
+@pytest.mark.parametrize("search_rows", [1, 5, 4096])
+@pytest.mark.parametrize(("start", "stop"), [(3000, 6000), (0, 2000), (9000, 10000), (4000, 4001)])
+def test_template_sums_reads_its_chunk_rows_like_the_whole_table(tmp_path, search_rows, start,
+                                                                  stop):
+    from shardsort.io.arrays import ChunkedRecording, write_array
+    from shardsort.tables import PEAK_DTYPE
+    from shardsort.templates import accumulate_templates
+    from shardsort.workflow import waveform_samples
+
+    rng = np.random.default_rng(4)
+    n_samples, n_channels, n_units, margin = 10_000, 4, 5, 80
+    detect = {"ms_before": 1.0, "ms_after": 1.5}
+    rate = 30000.0
+    peaks = np.zeros(900, dtype=PEAK_DTYPE)
+    times = np.sort(rng.integers(0, n_samples, len(peaks)))
+    times[10:14] = times[10]  # coincident spikes
+    times[-3:] = stop  # spikes exactly at the chunk border
+    peaks["sample_index"] = np.sort(times)
+    template_labels = rng.integers(-1, n_units, len(peaks)).astype(np.int32)
+    with h5py.File(tmp_path / "spikes.h5", "w") as f:
+        f.create_dataset("peaks", data=peaks)
+    with h5py.File(tmp_path / "clusters.h5", "w") as f:
+        f.create_dataset("template_labels", data=template_labels)
+        f.attrs["n_clusters"] = n_units
+    write_array(tmp_path / "pre.bin", rng.standard_normal((n_samples, n_channels)).astype(
+        np.float32), sampling_rate_hz=rate, start_sample=0)
+    chunk = {"index": 1, "start": start, "stop": stop}
+    smk = _smk(tmp_path, input={"chunks": [str(tmp_path / "pre.bin")],
+                                "spikes": str(tmp_path / "spikes.h5"),
+                                "clusters": str(tmp_path / "clusters.h5")},
+               output={"sums": str(tmp_path / "sums.npz")},
+               params={"recording": {"sampling_rate_hz": rate, "n_samples": n_samples},
+                       "chunk": chunk, "margin_samples": margin, "detect": detect})
+    _run_script("template_sums", smk,
+                ("SEARCH_BLOCK_ROWS = 4096", f"SEARCH_BLOCK_ROWS = {search_rows}"))
+    # The whole-table reference (the job before it read only its rows).
+    t = peaks["sample_index"]
+    sel = (t >= start) & (t < stop) & (template_labels >= 0)
+    pre, post = waveform_samples({"detect": detect}, rate)
+    window = ChunkedRecording([tmp_path / "pre.bin"], n_samples=n_samples).get_traces(
+        start - margin, stop + margin, pad="zero")
+    sums, counts = accumulate_templates(window, t[sel] - start + margin, template_labels[sel],
+                                        n_units=n_units, pre_samples=pre, post_samples=post)
+    present = np.flatnonzero(counts)
+    with np.load(tmp_path / "sums.npz") as out:
+        np.testing.assert_array_equal(out["counts"], counts)
+        np.testing.assert_array_equal(out["present"], present)
+        np.testing.assert_array_equal(out["sums"], sums[present])
+        assert out["sums"].dtype == sums.dtype
+
+
+def test_template_sums_rejects_a_table_out_of_time_order(tmp_path):
+    from shardsort.io.arrays import write_array
+    from shardsort.tables import PEAK_DTYPE
+
+    peaks = np.zeros(50, dtype=PEAK_DTYPE)
+    peaks["sample_index"] = np.arange(50)[::-1] * 100
+    with h5py.File(tmp_path / "spikes.h5", "w") as f:
+        f.create_dataset("peaks", data=peaks)
+    with h5py.File(tmp_path / "clusters.h5", "w") as f:
+        f.create_dataset("template_labels", data=np.zeros(50, np.int32))
+        f.attrs["n_clusters"] = 1
+    write_array(tmp_path / "pre.bin", np.zeros((5000, 2), np.float32), sampling_rate_hz=30000.0,
+                start_sample=0)
+    smk = _smk(tmp_path, input={"chunks": [str(tmp_path / "pre.bin")],
+                                "spikes": str(tmp_path / "spikes.h5"),
+                                "clusters": str(tmp_path / "clusters.h5")},
+               output={"sums": str(tmp_path / "sums.npz")},
+               params={"recording": {"sampling_rate_hz": 30000.0, "n_samples": 5000},
+                       "chunk": {"index": 0, "start": 1000, "stop": 3000},
+                       "margin_samples": 10, "detect": {"ms_before": 1.0, "ms_after": 1.5}})
+    with pytest.raises(ValueError, match="must be in ascending sample order"):
+        _run_script("template_sums", smk, ("SEARCH_BLOCK_ROWS = 4096", "SEARCH_BLOCK_ROWS = 4"))
