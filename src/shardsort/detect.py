@@ -260,6 +260,115 @@ def _wins_on_neighbours(
     return wins
 
 
+def _exclusive(
+    traces: npt.NDArray[np.float32],
+    t: npt.NDArray[np.int64],
+    c: npt.NDArray[np.int64],
+    table: npt.NDArray[np.int64],
+    exclude_samples: int,
+) -> npt.NDArray[np.bool_]:
+    """The peak test of :func:`detect_peaks` on samples (t, c) of ``traces``.
+
+    ``traces`` must extend ``exclude_samples`` beyond every t; ``table`` is
+    :func:`_neighbour_table`. Winning against part of the block is necessary
+    for winning against all of it, so cheap tests thin out the candidates
+    before wide blocks are gathered: own channel +-1 sample, neighbours at
+    the same sample, own channel over the exclusion window, neighbours over
+    it.
+    """
+    keep = np.zeros(t.size, dtype=bool)
+    index = np.arange(t.size)
+    for half_width, spatial in (
+        (min(1, exclude_samples), False),
+        (0, True),
+        (exclude_samples, False),
+        (exclude_samples, True),
+    ):
+        if spatial:
+            won = _wins_on_neighbours(traces, t, c, table[c], half_width)
+        else:
+            won = _wins_on_own_channel(traces, t, c, half_width)
+        t, c, index = t[won], c[won], index[won]
+    keep[index] = True
+    return keep
+
+
+def exclusive_minima(
+    traces: npt.NDArray[np.float32],
+    sample_index: npt.NDArray[np.integer],
+    channel_index: npt.NDArray[np.integer],
+    *,
+    neighbour_mask: npt.NDArray[np.bool_],
+    exclude_samples: int,
+    good_mask: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Whether given samples pass the local-exclusivity test of :func:`detect_peaks`.
+
+    ``traces[t, c]`` passes when it is the strict minimum of all (t', c')
+    with ``|t' - t| <= exclude_samples`` and ``neighbour_mask[c, c']`` (good
+    channels only), ties to the lexicographically smaller (t, c); there is
+    no threshold. Samples outside ``traces`` count as absent.
+
+    Parameters
+    ----------
+    traces : ndarray of float32, shape (n_samples, n_channels)
+        Preprocessed traces.
+    sample_index, channel_index : ndarray of int, shape (n,)
+        The samples to test, within ``traces``.
+    neighbour_mask : ndarray of bool, shape (n_channels, n_channels)
+        Channels compared with each channel (:func:`neighbour_mask`).
+    exclude_samples : int
+        Temporal exclusion half-width, >= 0.
+    good_mask : ndarray of bool, shape (n_channels,), optional
+        False for bad channels (they never pass and are not compared).
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    array = _check_traces("traces", traces)
+    n_samples, n_channels = array.shape
+    exclude_samples = _check_int("exclude_samples", exclude_samples, 0)
+    mask = np.asarray(neighbour_mask)
+    if mask.dtype != np.bool_ or mask.shape != (n_channels, n_channels):
+        raise ValueError(
+            "neighbour_mask must be a bool array of shape "
+            f"({n_channels}, {n_channels}), got {mask.dtype} {mask.shape}"
+        )
+    good = np.ones(n_channels, bool) if good_mask is None else np.asarray(good_mask)
+    if good.dtype != np.bool_ or good.shape != (n_channels,):
+        raise ValueError(
+            f"good_mask must be a bool array of shape ({n_channels},), "
+            f"got {good.dtype} {good.shape}"
+        )
+    t = np.asarray(sample_index, dtype=np.int64)
+    c = np.asarray(channel_index, dtype=np.int64)
+    if t.shape != c.shape or t.ndim != 1:
+        raise ValueError(
+            "sample_index and channel_index must be 1-d of one length, got "
+            f"{t.shape} and {c.shape}"
+        )
+    outside = (t < 0) | (t >= n_samples) | (c < 0) | (c >= n_channels)
+    if outside.any():
+        raise ValueError(
+            f"samples must lie within traces of shape {array.shape}, got "
+            f"({t[outside][0]}, {c[outside][0]})"
+        )
+    padded = np.pad(
+        array, ((exclude_samples, exclude_samples), (0, 0)), constant_values=np.inf
+    )
+    candidate = good[c]
+    keep = np.zeros(t.size, dtype=bool)
+    keep[candidate] = _exclusive(
+        padded,
+        t[candidate] + exclude_samples,
+        c[candidate],
+        _neighbour_table(mask, good),
+        exclude_samples,
+    )
+    return keep
+
+
 def detect_peaks(
     window: npt.NDArray[np.float32],
     *,
@@ -353,23 +462,8 @@ def detect_peaks(
     crossing &= good
     t, c = np.divmod(np.flatnonzero(crossing), n_channels)
     t += first
-
-    # Winning against part of the block is necessary for winning against all
-    # of it, so cheap tests thin out the candidates before wide blocks are
-    # gathered: own channel +-1 sample, neighbours at the same sample, own
-    # channel over the exclusion window, neighbours over it.
-    table = _neighbour_table(mask, good)
-    for half_width, spatial in (
-        (min(1, exclude_samples), False),
-        (0, True),
-        (exclude_samples, False),
-        (exclude_samples, True),
-    ):
-        if spatial:
-            keep = _wins_on_neighbours(traces, t, c, table[c], half_width)
-        else:
-            keep = _wins_on_own_channel(traces, t, c, half_width)
-        t, c = t[keep], c[keep]
+    keep = _exclusive(traces, t, c, _neighbour_table(mask, good), exclude_samples)
+    t, c = t[keep], c[keep]
 
     peaks = np.zeros(t.size, dtype=PEAK_DTYPE)
     peaks["sample_index"] = t - first

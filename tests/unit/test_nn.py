@@ -795,3 +795,131 @@ def test_detect_nn_reports_a_spike_on_the_channel_where_it_is_largest():
     assert peaks[["sample_index", "channel_index", "amplitude"]].tolist() == [
         (100, 4, -4.0)
     ]
+
+
+# ---------------------------------------------------------------------------
+# One spike, one detection: the threshold detector's exclusion on the troughs
+# ---------------------------------------------------------------------------
+
+
+def rectifier_detector() -> object:
+    """Hand-set network: logit[t, c] = |x[t, c]| - 3 on the channel's own trace.
+
+    It answers a spike at its trough and again at its rebound, and on every
+    channel where the spike reaches 3 noise units.
+    """
+    model = nn_detector.build_detector(
+        n_neighbours=K, temporal_samples=1, n_temporal_filters=2, n_mixed_filters=1
+    )
+    temporal = np.array([-1.0, 1.0], np.float32).reshape(1, 1, 1, 2)
+    model.get_layer("temporal").set_weights([temporal, np.zeros(2, np.float32)])
+    model.get_layer("mixing").set_weights(
+        [np.ones((1, 1, 2, 1), np.float32), np.zeros(1, np.float32)]
+    )
+    spatial = np.zeros((1, K, 1, 1), np.float32)
+    spatial[0, 0] = 1.0
+    model.get_layer("spatial").set_weights([spatial, np.full(1, -3.0, np.float32)])
+    return model
+
+
+def spike_with_rebound() -> np.ndarray:
+    """One channel's waveform: trough -8 at index 20, rebound +5 at index 34."""
+    wave = np.zeros(60, np.float32)
+    wave[19:22] = [-4.0, -8.0, -4.0]
+    wave[22:34] = np.linspace(-3.0, 4.0, 12)
+    wave[34:40] = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    return wave
+
+
+def test_detect_nn_reports_a_spike_answered_twice_once():
+    model = rectifier_detector()
+    traces = np.zeros((300, N_CHANNELS), np.float32)
+    # Trough at sample 100 on channel 4; the rebound 14 samples later (beyond
+    # the exclusion window) is a second logit peak.
+    traces[80:140, 4] = spike_with_rebound()
+    # A second spike whose network answers on a channel 60 um from its main
+    # channel (beyond the radius): channels 10 and 12 read as silent, so
+    # channel 14's logit peaks alone there and refines onto channel 12,
+    # 20 um from channel 10 where the spike is deeper.
+    table = NEIGHBOURS.copy()
+    table[[10, 12]] = -1
+    traces[200, [10, 12, 14]] = [-9.0, -6.0, -4.0]
+    peaks = nn_detector.detect_nn(
+        traces,
+        model,
+        core_start=0,
+        core_stop=300,
+        neighbours=table,
+        neighbour_mask=MASK,
+        exclude_samples=EXCLUDE,
+        probability_threshold=0.5,
+    )
+    # (Before the troughs' own exclusion, (112, 2) on the rebound's flank
+    # and (200, 12) were reported as well.)
+    assert peaks[["sample_index", "channel_index", "amplitude"]].tolist() == [
+        (100, 4, -8.0),
+        (200, 10, -9.0),
+    ]
+
+
+def test_planted_spikes_are_detected_once_each(trained_detector):
+    model, _ = trained_detector
+    traces, troughs, units = planted_recording(12000, seed=25)
+    # The same spikes, also answered at their rebound by the rectifier.
+    for found in (detect(traces, model), detect(traces, rectifier_detector())):
+        t, c = found["sample_index"], found["channel_index"]
+        # No two detections within the exclusion window and radius.
+        close = (np.abs(t[:, None] - t[None, :]) <= EXCLUDE) & MASK[c[:, None], c]
+        np.fill_diagonal(close, False)
+        assert not close.any()
+        # Each planted spike: exactly one detection within the window of its
+        # trough and the radius of its main channel.
+        near = (np.abs(t[:, None] - troughs[None, :]) <= EXCLUDE) & MASK[
+            c[:, None], MAIN[units][None, :]
+        ]
+        per_spike = near.sum(axis=0)
+        assert per_spike.max() == 1 and per_spike.mean() >= 0.9, per_spike.mean()
+
+
+def test_exclusion_chunked_equals_whole():
+    # The rectifier answers each planted spike several times, so every chunk
+    # border near a spike exercises the troughs' exclusion.
+    model = rectifier_detector()
+    traces, troughs, _ = planted_recording(3000, seed=26)
+    whole = detect(traces, model)
+    assert whole.size >= troughs.size
+    margin = nn_detector.nn_margin_samples(model, exclude_samples=EXCLUDE)
+    for size in (97, 250, 701):
+        parts = []
+        for start in range(0, 3000, size):
+            stop = min(start + size, 3000)
+            low, high = max(0, start - margin), min(3000, stop + margin)
+            found = detect(
+                traces[low:high], model, core_start=start - low, core_stop=stop - low
+            )
+            found["sample_index"] += start
+            parts.append(found)
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_exclusive_minima_is_the_threshold_detectors_peak_test():
+    from shardsort.detect import detect_peaks, exclusive_minima
+
+    rng = np.random.default_rng(27)
+    traces = np.round(rng.standard_normal((3000, N_CHANNELS)), 1).astype(np.float32)
+    good = np.ones(N_CHANNELS, bool)
+    good[5] = False
+    kwargs = {"neighbour_mask": MASK, "exclude_samples": EXCLUDE, "good_mask": good}
+    peaks = detect_peaks(traces, core_start=0, core_stop=3000, threshold=2.0, **kwargs)
+    t, c = np.nonzero(traces <= -2.0)
+    won = exclusive_minima(traces, t, c, **kwargs)
+    assert peaks.size > 50
+    assert list(zip(t[won], c[won])) == list(
+        zip(peaks["sample_index"], peaks["channel_index"])
+    )
+    empty = exclusive_minima(traces, np.zeros(0, int), np.zeros(0, int), **kwargs)
+    assert empty.dtype == bool and empty.shape == (0,)
+    with pytest.raises(ValueError, match="samples must lie within traces"):
+        exclusive_minima(traces, np.array([3000]), np.array([0]), **kwargs)
+    with pytest.raises(ValueError, match="neighbour_mask must be a bool array"):
+        exclusive_minima(traces, t, c, neighbour_mask=MASK[:2], exclude_samples=3)

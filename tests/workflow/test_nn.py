@@ -146,6 +146,27 @@ def test_collided_spikes_skip_clustering_but_are_deconvolved(sorted_nn):
     assert t.size == 0 or np.mean(distance <= 12) >= 0.5
 
 
+def test_network_detections_are_locally_exclusive_across_chunks(sorted_nn):
+    """One spike, one detection: no two within the exclusion window and radius,
+    chunk borders included (the threshold detector's exclusion)."""
+    base = sorted_nn / "results" / "small"
+    with h5py.File(base / "spikes.h5", "r") as f:
+        peaks = f["peaks"][()]
+    with h5py.File(base / "detect" / "basis.h5", "r") as f:
+        mask = f["neighbour_mask"][()].astype(bool)
+        exclude = int(f.attrs["exclude_samples"])
+    order = np.argsort(peaks["sample_index"], kind="stable")
+    t = peaks["sample_index"][order].astype(np.int64)
+    c = peaks["channel_index"][order].astype(np.int64)
+    assert t.size > 100
+    for step in range(1, 64):
+        close = t[step:] - t[:-step] <= exclude
+        if not close.any():
+            break
+        pairs = np.flatnonzero(close)
+        assert not mask[c[pairs], c[pairs + step]].any(), step
+
+
 def test_switching_detector_keeps_preprocessing(sorted_nn, small_recording):
     """Back to threshold detection: preprocessing and the PCA basis are reused."""
     rules = _dry_run(sorted_nn, small_recording)

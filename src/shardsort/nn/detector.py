@@ -20,9 +20,13 @@ result equals the patch model applied to every channel's patch, and a model
 trained on patches applies to any probe.
 
 Detection (:func:`detect_nn`) takes the local maxima of the logit with the
-local-exclusivity rule of :func:`shardsort.detect.detect_peaks` and reports
-each spike at its trough: the minimum of the trace within
-:data:`REFINE_SAMPLES` samples of the logit peak on that channel.
+local-exclusivity rule of :func:`shardsort.detect.detect_peaks`, moves each
+to its trough (the minimum of the traces within :data:`REFINE_SAMPLES`
+samples, on the peak's channel and its neighbours) and keeps a trough
+only when it passes the same rule on the traces
+(:func:`shardsort.detect.exclusive_minima`), so each spike is reported
+once, on its main channel, with the threshold detector's spatio-temporal
+exclusion.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import keras
 import numpy as np
 import numpy.typing as npt
 
-from shardsort.detect import detect_peaks
+from shardsort.detect import detect_peaks, exclusive_minima
 from shardsort.nn import limit_threads_by_default
 from shardsort.tables import PEAK_DTYPE
 
@@ -158,9 +162,10 @@ def nn_margin_samples(model: keras.Model, *, exclude_samples: int) -> int:
     int
         ``temporal_samples // 2 + exclude_samples + REFINE_SAMPLES``: the
         receptive field of the logit at samples up to ``exclude_samples +
-        REFINE_SAMPLES`` beyond the core, whose peaks may refine into it.
-        With that margin (or the recording edge, zero-padded) the result
-        does not depend on how the recording is chunked.
+        REFINE_SAMPLES`` beyond the core, whose peaks may refine into it
+        (the troughs' own exclusivity test reads ``exclude_samples`` beyond
+        the core). With that margin (or the recording edge, zero-padded) the
+        result does not depend on how the recording is chunked.
     """
     return detector_margin_samples(
         filter_samples=int(_detector_layers(model)[0].kernel_size[0]),
@@ -271,9 +276,16 @@ def detect_nn(
     minimum, the earliest sample first, then the peak's own channel, then
     the lower channel. So a spike gets the channel where it is largest, as
     with :func:`shardsort.detect.detect_peaks`, wherever the network
-    answered. A peak is kept when its trough lies in the core; peaks
-    refining to the same (sample, channel) are reported once. Bad channels produce no spikes, are left out of the
-    comparisons, and feed the network as silent channels.
+    answered. A trough is reported when it lies in the core and passes the
+    threshold detector's exclusivity test on the traces
+    (:func:`shardsort.detect.exclusive_minima`: the strict minimum over
+    ``|t' - t| <= exclude_samples`` and channels ``neighbour_mask[c]``), so
+    a spike the network answered several times (on channels farther apart
+    than the radius, or at samples farther apart than the window, e.g. on
+    its rebound) is reported once, at its trough on its main channel; the
+    network replaces the threshold, not the exclusion.
+    Bad channels produce no spikes, are left out of the comparisons, and
+    feed the network as silent channels.
 
     Parameters
     ----------
@@ -366,8 +378,22 @@ def detect_nn(
     inside = (trough >= core_start) & (trough < core_stop)
     key = np.unique(trough[inside] * n_channels + c[inside])
     trough, c = np.divmod(key, n_channels)
+    # One spike, one detection: the trough must pass the threshold
+    # detector's exclusivity test on the traces. A network answering one
+    # spike twice (on channels farther apart than the radius, or at samples
+    # farther apart than the window, e.g. on its rebound) refines the second
+    # answer to a sample that a deeper one of the same spike dominates.
+    keep = exclusive_minima(
+        traces,
+        trough,
+        c,
+        neighbour_mask=neighbour_mask,
+        exclude_samples=exclude_samples,
+        good_mask=good,
+    )
+    trough, c = trough[keep], c[keep]
 
-    result = np.zeros(key.size, dtype=PEAK_DTYPE)
+    result = np.zeros(trough.size, dtype=PEAK_DTYPE)
     result["sample_index"] = trough - core_start
     result["channel_index"] = c
     result["amplitude"] = traces[trough, c]
