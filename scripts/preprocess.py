@@ -46,7 +46,7 @@ else:
         sample_shifts=fused["sample_shifts"],
     )
     if pre["compression"] != "none":
-        filtered = round_mantissa(filtered, bits=FILTERED_MANTISSA_BITS)
+        round_mantissa(filtered, bits=FILTERED_MANTISSA_BITS, out=filtered)
     for channel, (count, at) in nonfinite.items():
         log.warning("channel %d: %d NaN/inf raw samples replaced by 0 before filtering, "
                     "the first at sample %d", channel, count, at)
@@ -65,6 +65,7 @@ out = apply_preprocessing(
     groups=spec["shank_ids"] or None,  # one global median per shank
     output_dtype=pre["output_dtype"],
     int16_scale=int16_scale,
+    overwrite=True,  # `filtered` is this job's own array
 )
 attrs = {"start_sample": chunk["start"]}
 if nonfinite:

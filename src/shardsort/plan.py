@@ -8,9 +8,9 @@ Working-set model
 -----------------
 Every per-chunk job (filter, preprocess, detect, templates, deconvolve) holds a
 window of ``(chunk_samples + 2 * margin_samples) * n_channels`` values plus a
-bounded number of working copies of it (float64 filter state and padded
-extension in ``filter``; reference, scaled and whitened copies in
-``preprocess``; the residual and per-unit objective in ``deconvolve``). We model
+bounded number of working copies of it (the filtered chunk, worked on in
+place, and its int16 and compressed copies in ``preprocess``; the residual and
+per-unit objective in ``deconvolve``). We model
 the peak as ``BYTES_PER_VALUE`` bytes per sample and channel, a conservative
 envelope over those stages measured with the rules' ``benchmark:`` files, plus a
 fixed interpreter/library overhead ``BASE_OVERHEAD_MB``::
@@ -35,11 +35,12 @@ script preamble and the imports (1-2 s of CPU for a ``script:`` job, numba
   only a recording that would fit in fewer than ``min_parallel_jobs`` chunks is
   cut into that many, so that several cores have work, and only as far as
   each chunk still holds ``min_job_channel_s`` channel-seconds of recording;
-* **filter shards** (``channels_per_shard: auto``): all channels in one filter
-  job per chunk. The filter works through 32-channel blocks and keeps only its
-  float32 output for the whole shard (4 bytes per value plus one block's
-  temporaries), well inside the per-chunk model above, so a whole-probe shard
-  fits wherever the chunk fits;
+* **filter shards** (``channels_per_shard: auto``): all channels in one shard,
+  filtered by the chunk's preprocess job itself (no filter job). The filter
+  works through 32-channel blocks and keeps only its float32 output for the
+  whole shard (4 bytes per value plus one block's temporaries), well inside
+  the per-chunk model above, so a whole-probe shard fits wherever the chunk
+  fits;
 * **channel groups** (``channels_per_group: auto``): clustering is per main
   channel (a group's result does not depend on the group), and its work grows
   with channels x duration, so a group holds at least ``min_job_channel_s``
@@ -57,9 +58,11 @@ import math
 from dataclasses import dataclass, field
 
 #: Bytes per (sample, channel) at the peak of the most demanding per-chunk stage.
-#: Measured (benchmarks/results/scale_memory.csv): 11-14 bytes above the
-#: interpreter for preprocess and deconvolve; 24 keeps a 2x safety margin.
-BYTES_PER_VALUE = 24
+#: Measured at 384 channels (max RSS above the interpreter, 6.3-s chunks):
+#: preprocess 8.1 (filtering inside, reference in place), deconvolve 8.0,
+#: template_sums 6.6, motion_peaks 4.8, detect 4.2; 16 keeps a 2x safety margin
+#: (was 24 when preprocess held three copies: 11-14 bytes).
+BYTES_PER_VALUE = 16
 #: Interpreter, numpy/scipy and library overhead of one job, in MiB
 #: (measured 50-80 MiB after imports; the rest is headroom for small buffers).
 BASE_OVERHEAD_MB = 250

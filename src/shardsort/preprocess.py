@@ -143,6 +143,10 @@ def _neighbourhoods(
     return neighbourhoods
 
 
+#: Samples referenced at a time by :func:`common_reference` ('global').
+_REFERENCE_BLOCK_SAMPLES = 16384
+
+
 def _median(values: np.ndarray, axis: int) -> np.ndarray:
     """``np.median(values, axis=axis)``, several times faster.
 
@@ -728,8 +732,13 @@ def common_reference(
     radius_um: float | None = None,
     inner_radius_um: float = 0.0,
     groups: npt.ArrayLike | None = None,
+    overwrite: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Subtract a median reference taken over good channels.
+
+    ``overwrite=True`` lets the 'none' and 'global' modes work in ``traces``
+    itself when it is a C-contiguous float32 array (its caller's own copy):
+    a preprocess job then holds one copy of its chunk, not three.
 
     Parameters
     ----------
@@ -768,19 +777,28 @@ def common_reference(
     good = _as_good_mask(good_mask, n_channels)
     group_of = _as_groups(groups, n_channels)
     if mode != "local":
-        out = np.array(traces, dtype=np.float32, order="C")
+        out = (np.require(traces, dtype=np.float32, requirements="C") if overwrite
+               else np.array(traces, dtype=np.float32, order="C"))
         if mode != "global":
             return out
         if group_of is None or np.unique(group_of).size < 2:
-            if good.any():
-                reference = out if good.all() else out[:, good]
-                out -= _median(reference, axis=1)[:, None]
-            return out
-        for g in np.unique(group_of):
-            members = group_of == g
-            sources = np.flatnonzero(members & good)
-            if sources.size:
-                out[:, members] -= _median(out[:, sources], axis=1)[:, None]
+            sets = [(slice(None), None if good.all() else np.flatnonzero(good))]
+        else:
+            sets = [(group_of == g, np.flatnonzero((group_of == g) & good))
+                    for g in np.unique(group_of)]
+        # Rows are independent: blocks of samples keep the median's
+        # partition copy small.
+        for lo in range(0, out.shape[0], _REFERENCE_BLOCK_SAMPLES):
+            block = out[lo : lo + _REFERENCE_BLOCK_SAMPLES]
+            for members, sources in sets:
+                if sources is not None and sources.size == 0:
+                    continue
+                reference = block if sources is None else block[:, sources]
+                median = _median(reference, axis=1)[:, None]
+                if isinstance(members, slice):
+                    block -= median
+                else:
+                    block[:, members] -= median
         return out
 
     positions = _as_positions(positions_um, n_channels)
@@ -836,6 +854,7 @@ def apply_preprocessing(
     output_dtype: str = "float32",
     int16_scale: float | None = None,
     groups: npt.ArrayLike | None = None,
+    overwrite: bool = False,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.int16]:
     """Common reference, unit-noise scaling, whitening; bad channels set to 0.
 
@@ -854,6 +873,9 @@ def apply_preprocessing(
     positions_um, good_mask, radius_um, inner_radius_um, groups
         Passed to :func:`common_reference`; ``good_mask`` also selects the
         channels kept (others are set to 0).
+    overwrite : bool, optional
+        ``traces`` (C-contiguous float32) may be used as the working array
+        and is then left modified (see :func:`common_reference`).
     output_dtype : {'float32', 'int16'}, optional
         'int16' stores ``round(x * int16_scale)``, saturated to +-32767; read
         back as ``q / int16_scale``.
@@ -894,6 +916,7 @@ def apply_preprocessing(
         radius_um=radius_um,
         inner_radius_um=inner_radius_um,
         groups=groups,
+        overwrite=overwrite,
     )
     out /= np.where(scales > 0, scales, np.float32(1.0))
     if whitening is not None:

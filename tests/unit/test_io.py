@@ -904,3 +904,20 @@ def test_chunked_recording_partial_run_of_chunks(tmp_path):
     assert not window[10:].any()
     first = ChunkedRecording(paths[:1], n_samples=100)
     assert not first.get_traces(-5, 0).any()
+
+
+def test_round_mantissa_in_place_and_in_blocks_equals_the_copy(monkeypatch):
+    import shardsort.io.arrays as arrays
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(301, 7)).astype(np.float32)
+    values[5, 3] = np.nan
+    expected = round_mantissa(values, bits=7)
+    monkeypatch.setattr(arrays, "_ROUND_BLOCK_VALUES", 100)  # many blocks, a short last one
+    blocked = round_mantissa(values, bits=7)
+    np.testing.assert_array_equal(blocked.view(np.uint32), expected.view(np.uint32))
+    in_place = values.copy()
+    assert round_mantissa(in_place, bits=7, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place.view(np.uint32), expected.view(np.uint32))
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
+        round_mantissa(values, bits=7, out=np.empty((7, 301), np.float32))

@@ -52,12 +52,12 @@ def test_chunks_tile_the_recording_and_fit_the_budget():
 
 
 def test_chunks_are_balanced_without_a_short_remainder():
-    # 384 channels x 60 s at 2000 MB: at most 6.5 s per chunk; ten chunks of
-    # 6.0 s rather than nine of 6.5 s and a 1.5 s remainder.
+    # 384 channels x 60 s at 2000 MB: at most 9.8 s per chunk; seven chunks of
+    # 8.6 s (the last 8.4 s) rather than six of 9.8 s and a 1.2 s remainder.
     p = _plan(n_channels=384, max_memory_mb=2000)
     _check_tiling(p)
-    assert p.n_chunks == 10
-    assert {c.n_samples for c in p.chunks} == {6 * 30000}
+    assert p.n_chunks == 7
+    assert [c.n_samples for c in p.chunks] == [258000] * 6 + [252000]
     quantum = int(planmod.CHUNK_QUANTUM_S * 30000)
     for n_samples in (30000 * 60 + 17, 30000 * 121, 30000 * 600 + 1):
         p = _plan(n_samples=n_samples, n_channels=384, max_memory_mb=2000)
@@ -71,7 +71,7 @@ def test_chunks_are_balanced_without_a_short_remainder():
     [
         (16, 120, 2000, 1),  # 2 x 960 channel-s would be below min_job_channel_s
         (64, 60, 4000, 2),  # fits one chunk; cut in two chunks of 1,920 channel-s
-        (64, 120, 2000, 4),  # the budget cuts it finer anyway
+        (64, 120, 2000, 3),  # the budget cuts it finer anyway
         (32, 20, 2000, 1),
     ],
 )

@@ -832,3 +832,27 @@ def test_int16_chunks_at_32_steps_per_sd_compress_and_cost_no_precision(tmp_path
     np.testing.assert_array_equal(read_array(tmp_path / "c.bin"), out)
     ratio = (tmp_path / "c.bin").stat().st_size / (tmp_path / "p.bin").stat().st_size
     assert 0.45 < ratio < 0.65, ratio
+
+
+@pytest.mark.parametrize("groups", [None, [0] * 20 + [1] * 20])
+def test_global_reference_in_blocks_and_in_place_equals_the_whole_median(monkeypatch, groups):
+    import shardsort.preprocess as pre
+
+    rng = np.random.default_rng(5)
+    traces = rng.normal(size=(1000, 40)).astype(np.float32)
+    good = np.ones(40, dtype=bool)
+    good[[3, 25]] = False
+    expected = traces.copy()
+    group_of = np.zeros(40, dtype=int) if groups is None else np.asarray(groups)
+    for g in np.unique(group_of):
+        members = group_of == g
+        expected[:, members] -= np.median(traces[:, members & good], axis=1)[:, None]
+    monkeypatch.setattr(pre, "_REFERENCE_BLOCK_SAMPLES", 300)  # blocks of unequal length
+    kept = traces.copy()
+    copied = pre.common_reference(traces, mode="global", good_mask=good, groups=groups)
+    np.testing.assert_array_equal(traces, kept)  # not modified without overwrite
+    np.testing.assert_allclose(copied, expected, atol=1e-6)
+    in_place = pre.common_reference(traces, mode="global", good_mask=good, groups=groups,
+                                    overwrite=True)
+    assert in_place is traces
+    np.testing.assert_array_equal(in_place, copied)

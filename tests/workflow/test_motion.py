@@ -127,11 +127,11 @@ def test_drift_estimate_does_not_depend_on_the_chunking(tmp_path, sorted_with_an
     run_snakemake(
         tmp_path, "--cores", "2", target,
         overrides={"recordings": str(drifting_recording), "motion": {"enabled": True},
-                   "shards": {"max_memory_mb": 575}},  # 3 chunks of 14.7 s
+                   "shards": {"max_memory_mb": 411}},  # 4 chunks of 9 s
     )
-    # Chunk borders (14.7 s, 29.4 s) cut through time bins (2 s).
+    # Chunk borders (9 s, 27 s) cut through time bins (2 s).
     logs = tmp_path / "results" / "drifting" / "logs" / "motion_peaks"
-    assert len(list(logs.iterdir())) == 3
+    assert len(list(logs.iterdir())) == 4
     with h5py.File(tmp_path / target, "r") as chunked, \
             h5py.File(sorted_with_and_without[0] / target, "r") as whole:
         # Peaks and their histograms are chunk-independent up to float rounding

@@ -62,24 +62,27 @@ def test_outputs_exist_and_agree(sorted_small):
     metrics = _read_tsv(base / "metrics.tsv")
     assert len(metrics) == len(templates)
     assert (base / "sorting.nwb").stat().st_size > 0
-    for stage in ("filter", "detect", "deconvolve"):
+    for stage in ("preprocess", "detect", "deconvolve"):
         assert any((base / "benchmarks" / stage).iterdir())
         assert any((base / "logs" / stage).iterdir())
 
 
 @pytest.fixture(scope="module")
 def chunked_sorts(tmp_path_factory, small_recording):
-    """The small recording sorted with the default settings and two smaller
-    memory budgets (several chunks), one of them with --cores 1 and 2."""
+    """The small recording sorted with two other chunk layouts (several chunks:
+    a smaller memory budget, more parallel jobs), one with --cores 1 and 2."""
     works = {}
-    for memory, cores in ((520, "1"), (520, "2"), (600, "2")):
-        work = tmp_path_factory.mktemp(f"mem{memory}_cores{cores}")
+    # 400 MB: two chunks of 10 s; three parallel jobs asked for: three of 6.7 s.
+    layouts = {400: {"max_memory_mb": 400},
+               3: {"min_parallel_jobs": 3, "min_job_channel_s": 100}}
+    for layout, cores in ((400, "1"), (400, "2"), (3, "2")):
+        work = tmp_path_factory.mktemp(f"layout{layout}_cores{cores}")
         run_snakemake(
             work, "--cores", cores,
             config={"recordings": small_recording},
-            overrides={"shards": {"max_memory_mb": memory}},
+            overrides={"shards": layouts[layout]},
         )
-        works[memory, cores] = work
+        works[layout, cores] = work
     return works
 
 
@@ -130,10 +133,10 @@ def test_same_result_for_cores_and_chunk_sizes(chunked_sorts, sorted_small):
             assert '"n_chunks": 1,' not in f.attrs["plan"]
             runs[key] = f["spikes"][()]
     # Same chunking, different cores: byte-identical.
-    assert runs[520, "1"].tobytes() == runs[520, "2"].tobytes()
+    assert runs[400, "1"].tobytes() == runs[400, "2"].tobytes()
     # Different chunking: identical spike times and units; the fitted
     # amplitudes differ only by float32 rounding of the per-chunk FFTs.
-    for spikes in (runs[520, "1"], runs[600, "2"]):
+    for spikes in (runs[400, "1"], runs[3, "2"]):
         assert np.array_equal(spikes["sample_index"], reference["sample_index"])
         assert np.array_equal(spikes["unit_index"], reference["unit_index"])
         np.testing.assert_allclose(spikes["amplitude"], reference["amplitude"], rtol=1e-5)

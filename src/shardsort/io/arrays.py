@@ -349,7 +349,7 @@ def write_array(
 
 
 def round_mantissa(
-    array: npt.NDArray[np.float32], *, bits: int
+    array: npt.NDArray[np.float32], *, bits: int, out: npt.NDArray[np.float32] | None = None
 ) -> npt.NDArray[np.float32]:
     """Round float32 values to ``bits`` mantissa bits (to nearest, ties to even).
 
@@ -361,30 +361,50 @@ def round_mantissa(
     Parameters
     ----------
     array : numpy.ndarray of float32
-        Values to round (not modified).
+        Values to round (not modified unless it is ``out``).
     bits : int
         Mantissa bits kept, 1 to 23 (23: unchanged).
+    out : numpy.ndarray of float32, optional
+        C-contiguous array of the same shape to write into (may be ``array``
+        itself: rounding in place); default a new array. Values are rounded in
+        blocks, so the temporaries stay small.
 
     Returns
     -------
     numpy.ndarray of float32
-        Rounded copy, same shape.
+        The rounded values (``out`` when given), same shape.
     """
     if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 23):
         raise ValueError(f"bits must be an integer in [1, 23], got {bits!r}")
     values = np.ascontiguousarray(array, dtype=np.float32)
+    if out is None:
+        out = np.empty_like(values)
+    elif (out.dtype != np.float32 or out.shape != values.shape
+          or not out.flags.c_contiguous):
+        raise ValueError(
+            f"out must be a C-contiguous float32 array of shape {values.shape}, got "
+            f"{out.dtype} {out.shape}"
+        )
     drop = 23 - int(bits)
+    source, target = values.reshape(-1), out.reshape(-1)
     if drop == 0:
-        return values.copy()
-    pattern = values.view(np.uint32)
+        target[...] = source
+        return out
     half = np.uint32((1 << (drop - 1)) - 1)
-    rounded = pattern + half + ((pattern >> np.uint32(drop)) & np.uint32(1))
-    rounded &= np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
-    out = rounded.view(np.float32)
-    nan = np.isnan(values)
-    if nan.any():
-        out[nan] = values[nan]
+    mask = np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+    for lo in range(0, source.size, _ROUND_BLOCK_VALUES):
+        pattern = source[lo : lo + _ROUND_BLOCK_VALUES].view(np.uint32)
+        rounded = pattern + half + ((pattern >> np.uint32(drop)) & np.uint32(1))
+        rounded &= mask
+        nan = np.isnan(pattern.view(np.float32))
+        if nan.any():
+            rounded[nan] = pattern[nan]
+        target[lo : lo + _ROUND_BLOCK_VALUES] = rounded.view(np.float32)
     return out
+
+
+#: Values rounded at a time by :func:`round_mantissa`.
+_ROUND_BLOCK_VALUES = 1 << 20
 
 
 def read_sidecar(path: PathLike) -> dict[str, Any]:
