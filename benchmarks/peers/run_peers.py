@@ -60,6 +60,8 @@ from sorters import (
 REPO = Path(__file__).resolve().parents[2]
 FULL = RecordingSpec(n_channels=64, duration_s=300.0, n_units=50)
 QUICK = RecordingSpec(n_channels=64, duration_s=120.0, n_units=50)
+#: Neuropixels scale, for the speed comparison of issue 16 (``--wide``).
+WIDE = RecordingSpec(n_channels=384, duration_s=120.0, n_units=150, seed=501)
 MEASUREMENT_FILE = "measurement.json"
 LOG_FILE = "log.txt"
 #: A Python exception with its message ("ValueError: ..."), as tracebacks end.
@@ -342,6 +344,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{FULL.n_channels} ch x {FULL.duration_s / 60:g} min",
     )
     parser.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"{WIDE.n_channels} ch x {WIDE.duration_s / 60:g} min, {WIDE.n_units} units "
+        "(results peers_wide.*)",
+    )
+    parser.add_argument(
         "--sorters",
         default=",".join(SORTERS),
         help="comma-separated subset of: " + ", ".join(SORTERS),
@@ -423,9 +431,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    spec = QUICK if args.quick else FULL
-    prefix = "peers_quick" if args.quick else "peers"
-    work = args.work / ("quick" if args.quick else "full")
+    size = "wide" if args.wide else "quick" if args.quick else "full"
+    spec = {"wide": WIDE, "quick": QUICK, "full": FULL}[size]
+    prefix = {"wide": "peers_wide", "quick": "peers_quick", "full": "peers"}[size]
+    work = args.work / size
     load_before = os.getloadavg()
     started = time.perf_counter()
 
