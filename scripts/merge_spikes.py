@@ -9,19 +9,16 @@ import numpy as np
 
 from shardsort.io.arrays import atomic_path
 from shardsort.jobs import job_logger, read_h5
-from shardsort.tables import gather_rows, merge_event_tables
+from shardsort.tables import NpzParts, gather_rows, merge_event_tables
 
 log = job_logger(snakemake)
 paths = list(snakemake.input.peaks)
 
 
-def load(i, key):
-    with np.load(paths[i], allow_pickle=False) as data:
-        return data[key]
-
-
-tables = [load(i, "peaks") for i in range(len(paths))]
-sizes = [len(t) for t in tables]
+parts = NpzParts(paths)
+load = parts.load
+tables = parts.tables("peaks")
+sizes = parts.sizes
 with np.load(paths[0], allow_pickle=False) as first:
     # Network detection adds the collision triage: collided spikes skip clustering.
     aligned = ["features"] + [k for k in ("clean_probability", "collided") if k in first.files]

@@ -17,7 +17,7 @@ from shardsort.curation import expected_noise_matches, select_units
 from shardsort.deconvolve import DeconvBasis, unit_thresholds
 from shardsort.io.arrays import atomic_path
 from shardsort.jobs import job_logger, read_h5, read_npz
-from shardsort.tables import gather_rows, merge_event_tables
+from shardsort.tables import NpzParts, gather_rows, merge_event_tables
 from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
 from shardsort.unitmerge import merge_units
@@ -34,13 +34,10 @@ b = read_h5(snakemake.input.basis)
 paths = list(snakemake.input.spikes)
 
 
-def load(i, key):
-    with np.load(paths[i], allow_pickle=False) as data:
-        return data[key]
-
-
-tables = [load(i, "spikes") for i in range(len(paths))]
-sizes = [len(t) for t in tables]
+parts = NpzParts(paths)
+load = parts.load
+tables = parts.tables("spikes")
+sizes = parts.sizes
 with np.load(paths[0], allow_pickle=False) as first:
     feature_shape, feature_dtype = first["pc_features"].shape[1:], first["pc_features"].dtype
     position_shape, position_dtype = first["positions_um"].shape[1:], first["positions_um"].dtype

@@ -103,3 +103,26 @@ def gather_rows(
             mine = part == i
             values[mine] = source[wanted[mine] - starts[i]]
         yield lo, values
+
+
+class NpzParts:
+    """The per-chunk ``.npz`` files of a global job, read one array at a time.
+
+    ``parts.load(i, key)`` reads array ``key`` of file ``i`` (nothing else is
+    held); ``parts.tables(key)`` reads ``key`` of every file, and
+    ``parts.sizes`` gives their lengths (set by :meth:`tables`).
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self.sizes: list[int] = []
+
+    def load(self, i: int, key: str) -> np.ndarray:
+        with np.load(self.paths[i], allow_pickle=False) as data:
+            return data[key]
+
+    def tables(self, key: str) -> list[np.ndarray]:
+        tables = [self.load(i, key) for i in range(len(self.paths))]
+        self.sizes = [len(t) for t in tables]
+        return tables
+
