@@ -228,3 +228,21 @@ def test_template_sums_rejects_a_table_out_of_time_order(tmp_path):
                        "margin_samples": 10, "detect": {"ms_before": 1.0, "ms_after": 1.5}})
     with pytest.raises(ValueError, match="must be in ascending sample order"):
         _run_script("template_sums", smk, ("SEARCH_BLOCK_ROWS = 4096", "SEARCH_BLOCK_ROWS = 4"))
+
+
+def test_packed_arrays_round_trip_through_npz(tmp_path):
+    from shardsort.jobs import pack_array, read_npz, write_npz
+
+    rng = np.random.default_rng(4)
+    # Template sums of int16 chunks: multiples of 1/32 held in float64.
+    sums = rng.integers(-3000, 3000, size=(7, 61, 40)).astype(np.float64) / 32
+    packed = pack_array("sums", sums)
+    assert "sums" not in packed and packed["sums__packed"].nbytes < 0.5 * sums.nbytes
+    write_npz(tmp_path / "s.npz", **packed, counts=np.arange(3))
+    back = read_npz(tmp_path / "s.npz")
+    assert set(back) == {"sums", "counts"}
+    np.testing.assert_array_equal(back["sums"], sums)
+    assert back["sums"].dtype == np.float64
+    empty = pack_array("sums", np.zeros((0, 61, 40)))
+    write_npz(tmp_path / "e.npz", **empty)
+    assert read_npz(tmp_path / "e.npz")["sums"].shape == (0, 61, 40)
