@@ -134,6 +134,7 @@ if merge_cfg["split"] and len(templates):
         spikes["sample_index"][eligible],
         spikes["unit_index"][eligible],
         unit_features,
+        amplitudes=spikes["amplitude"][eligible] if merge_cfg["split_amplitude"] else None,
         n_units=len(templates),
         n_samples=int(spec["n_samples"]),
         bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
@@ -162,8 +163,8 @@ if merge_cfg["split"] and len(templates):
             new_templates[i][:, channels[origin]] = (
                 b["components"].T @ mean_scores + b["mean"][:, None]
             )
-            log.info("unit %d cut from unit %d: %d and %d spikes, bimodality %.1f, "
-                     "overlap in time %.2f x chance (z %.1f)", cut.new, cut.unit, cut.n_new,
+            log.info("unit %d cut from unit %d on its %s: %d and %d spikes, bimodality %.1f, "
+                     "overlap in time %.2f x chance (z %.1f)", cut.new, cut.unit, cut.on, cut.n_new,
                      cut.n_kept, cut.score, cut.overlap_ratio, cut.complementarity_z)
         templates = np.concatenate([templates, new_templates])
     os.close(fd)

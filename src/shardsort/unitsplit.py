@@ -17,6 +17,14 @@ every deconvolved spike) form two groups. A unit is cut in two when
   differ with the probe's position, and pieces that take turns in time are
   one neuron (:mod:`shardsort.unitmerge` joins them); they are never cut.
 
+When the features give no such cut, the spikes' matched amplitudes (the
+scale of the template each spike was subtracted with) are tested the same
+way, on their logarithm. Two neighbours of one shape at different distances
+from the probe (cosine ~0.96, amplitudes 1.4 x apart) overlap in the
+features' leading components, whose directions the noise and collisions
+share, yet their amplitudes form two clear modes; the same size and time
+tests apply.
+
 Parts are cut again while the test holds (up to ``max_depth`` levels). The
 larger part keeps the unit's index; each new part gets the next free one.
 """
@@ -43,6 +51,7 @@ class SplitDecision:
     score: float
     overlap_ratio: float
     complementarity_z: float
+    on: str = "features"  # what the cut was made on: "features" or "amplitude"
 
 
 def _leading_components(features: npt.NDArray[np.float64], n_dims: int) -> npt.NDArray[np.float64]:
@@ -77,11 +86,24 @@ def _two_way_cut(
     return score, values > cut
 
 
+def _amplitude_cut(amplitudes: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.bool_]] | None:
+    """Bimodality score of the log amplitudes and the side of each spike."""
+    positive = amplitudes > 0
+    if positive.sum() < 4:
+        return None
+    values = np.log(np.where(positive, amplitudes, amplitudes[positive].min()))
+    score, cut = bimodality_score(values)
+    if not np.isfinite(cut):
+        return None
+    return score, values > cut
+
+
 def split_units(
     sample_index: npt.ArrayLike,
     unit_index: npt.ArrayLike,
     features: npt.ArrayLike,
     *,
+    amplitudes: npt.ArrayLike | None = None,
     n_units: int,
     n_samples: int,
     bin_samples: int,
@@ -104,6 +126,9 @@ def split_units(
         A callable ``features(unit)`` returns the features of the spikes
         whose ``unit_index`` is ``unit``, in spike order: only one unit's
         features are then held at a time (and the result is the same).
+    amplitudes : array_like of float, shape (n_spikes,), optional
+        Each spike's matched amplitude; when given, a unit the features do
+        not cut is tested on its log amplitudes (module docstring).
     n_units : int
     n_samples, bin_samples : int
         Recording length and the time bin of the complementarity test.
@@ -145,6 +170,9 @@ def split_units(
         raise ValueError(f"min_fraction must lie in [0, 0.5], got {min_fraction}")
     if x is not None:
         x = x.reshape(len(x), -1)
+    amp = None if amplitudes is None else np.asarray(amplitudes, dtype=np.float64)
+    if amp is not None and amp.shape != labels.shape:
+        raise ValueError(f"amplitudes {amp.shape} must have one value per spike {labels.shape}")
 
     def unit_features(unit: int, members: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         if x is not None:
@@ -170,25 +198,37 @@ def split_units(
         members = np.flatnonzero(labels == unit)
         if depth >= max_depth or members.size < 2 * min_part:
             continue
-        cut = _two_way_cut(unit_features(unit, members), n_dims=n_dims, seed=seed)
-        if cut is None:
+        found = None
+        for attempt in ("features", "amplitude"):
+            if attempt == "features":
+                cut = _two_way_cut(unit_features(unit, members), n_dims=n_dims, seed=seed)
+            elif amp is not None:
+                cut = _amplitude_cut(amp[members])
+            else:
+                cut = None
+            if cut is None:
+                continue
+            score, side = cut
+            n_high = int(side.sum())
+            smaller = min(n_high, side.size - n_high)
+            if score < split_threshold or smaller < max(min_part, min_fraction * side.size):
+                continue
+            counts_a = np.bincount(bins[members[side]], minlength=len(fraction)).astype(np.float64)
+            counts_b = np.bincount(bins[members[~side]], minlength=len(fraction)).astype(np.float64)
+            ratio, z = time_overlap(counts_a, counts_b, fraction)
+            if ratio <= max_overlap_ratio and z <= max_complementarity_z:
+                continue  # pieces taking turns in time: one drifting neuron
+            found = (attempt, score, side, n_high, ratio, z)
+            break
+        if found is None:
             continue
-        score, side = cut
-        n_high = int(side.sum())
-        smaller = min(n_high, side.size - n_high)
-        if score < split_threshold or smaller < max(min_part, min_fraction * side.size):
-            continue
-        counts_a = np.bincount(bins[members[side]], minlength=len(fraction)).astype(np.float64)
-        counts_b = np.bincount(bins[members[~side]], minlength=len(fraction)).astype(np.float64)
-        ratio, z = time_overlap(counts_a, counts_b, fraction)
-        if ratio <= max_overlap_ratio and z <= max_complementarity_z:
-            continue  # pieces taking turns in time: one drifting neuron
+        attempt, score, side, n_high, ratio, z = found
         # The larger part keeps the index.
         moved = members[side] if n_high <= side.size - n_high else members[~side]
         new = len(parent)
         labels[moved] = new
         parent.append(parent[unit])
         decisions.append(SplitDecision(unit, new, members.size - moved.size, moved.size,
-                                       float(score), float(ratio), float(z)))
+                                       float(score), float(ratio), float(z), attempt))
         queue += [(unit, depth + 1), (new, depth + 1)]
     return labels, np.asarray(parent, dtype=np.int64), tuple(decisions)

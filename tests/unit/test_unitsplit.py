@@ -87,3 +87,44 @@ def test_a_small_tail_of_a_big_unit_is_not_cut_with_a_minimum_fraction():
     _, _, cuts = split_units(times, np.zeros(1580, int), features, n_units=1, min_fraction=0.1,
                              **SETTINGS)
     assert cuts == ()
+
+
+def _lognormal(rng, n, median, sd=0.08):
+    return median * np.exp(sd * rng.standard_normal(n))
+
+
+def test_two_neurons_apart_only_in_amplitude_are_cut_on_amplitude():
+    # One shape, amplitudes 1.0 and 1.4 (two neighbours at different distances):
+    # the features carry nothing, the amplitudes two modes.
+    rng = np.random.default_rng(5)
+    centre = rng.standard_normal((3, 10)) * 3
+    features = _features(rng, 900, centre)
+    amplitudes = np.r_[_lognormal(rng, 500, 1.0), _lognormal(rng, 400, 1.4)]
+    truth = np.r_[np.zeros(500, int), np.ones(400, int)]
+    times = np.concatenate([_times(rng, 500), _times(rng, 400)])
+    labels, parent, cuts = split_units(times, np.zeros(900, int), features, n_units=1,
+                                       amplitudes=amplitudes, **SETTINGS)
+    assert len(cuts) == 1 and cuts[0].on == "amplitude" and parent.tolist() == [0, 0]
+    assert np.mean(labels[truth == 0] == 0) > 0.95 and np.mean(labels[truth == 1] == 1) > 0.95
+    # Without amplitudes (or with one amplitude mode) nothing is cut.
+    assert split_units(times, np.zeros(900, int), features, n_units=1, **SETTINGS)[2] == ()
+    one_mode = _lognormal(rng, 900, 1.0, sd=0.15)
+    assert split_units(times, np.zeros(900, int), features, n_units=1, amplitudes=one_mode,
+                       **SETTINGS)[2] == ()
+
+
+def test_amplitude_modes_taking_turns_in_time_are_not_cut():
+    # A drifting neuron: its amplitude steps from 1.0 to 1.4 halfway through.
+    rng = np.random.default_rng(6)
+    times = _times(rng, 900)
+    amplitudes = np.where(times < N_SAMPLES // 2, _lognormal(rng, 900, 1.0), _lognormal(rng, 900, 1.4))
+    features = _features(rng, 900, rng.standard_normal((3, 10)))
+    _, _, cuts = split_units(times, np.zeros(900, int), features, n_units=1, amplitudes=amplitudes,
+                             **SETTINGS)
+    assert cuts == ()
+
+
+def test_amplitudes_must_match_the_spikes():
+    with pytest.raises(ValueError, match="amplitudes"):
+        split_units(np.arange(3), np.zeros(3, int), np.zeros((3, 3)), n_units=1,
+                    amplitudes=np.ones(2), **SETTINGS)
