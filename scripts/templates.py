@@ -33,12 +33,10 @@ n_clusters = int(read_npz(snakemake.input.sums[0])["counts"].size)
 
 
 def chunk_sums():
-    """(sums, counts) of one chunk at a time: memory flat in the number of chunks."""
+    """(sums, counts, rows) of one chunk at a time: memory flat in the number of chunks."""
     for path in snakemake.input.sums:
         part = read_npz(path)
-        full = np.zeros((n_clusters, pre + post, len(positions)), dtype=np.float64)
-        full[part["present"]] = part["sums"]
-        yield full, part["counts"]
+        yield part["sums"], part["counts"], part["present"]
 
 
 templates, counts = reduce_templates(chunk_sums())

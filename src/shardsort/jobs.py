@@ -134,10 +134,15 @@ def unpack_array(packed: np.ndarray, shape: np.ndarray, dtype: np.ndarray, *,
 
     dtype = np.dtype(str(dtype))
     shape = tuple(int(n) for n in shape)
-    raw = Blosc().decode(packed.tobytes())
-    if len(raw) != int(np.prod(shape)) * dtype.itemsize:
+    from numcodecs.blosc import cbuffer_sizes
+
+    expected = int(np.prod(shape)) * dtype.itemsize
+    raw_bytes = cbuffer_sizes(packed)[0]
+    if raw_bytes != expected:
         raise ValueError(
-            f"{os.fspath(path)!r}: a packed array decodes to {len(raw)} bytes, expected "
+            f"{os.fspath(path)!r}: a packed array decodes to {raw_bytes} bytes, expected "
             f"{shape} of {dtype}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    out = np.empty(shape, dtype=dtype)  # decoded in place: no second copy
+    Blosc().decode(packed, out=out)
+    return out

@@ -243,17 +243,26 @@ def accumulate_templates(
     return sums, counts
 
 
+#: Rows added at a time when reducing sparse per-chunk sums.
+_ROW_BLOCK = 64
+#: Templates projected on the noise windows at a time (float64 copies).
+_TEMPLATE_BLOCK = 128
+
+
 def reduce_templates(
-    parts: Iterable[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]],
+    parts: Iterable[tuple[npt.NDArray[np.float64], ...]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Turn per-chunk sums and counts into mean templates.
 
     Parameters
     ----------
-    parts : iterable of (sums, counts)
+    parts : iterable of (sums, counts) or (sums, counts, rows)
         Outputs of :func:`accumulate_templates`, one per chunk: sums of shape
-        (n_units, T, n_channels), counts of shape (n_units,). Consumed one at
-        a time, so a generator keeps memory flat in the number of chunks.
+        (n_units, T, n_channels), counts of shape (n_units,). With ``rows``
+        (the units with spikes in the chunk), ``sums`` holds only those rows,
+        shape (len(rows), T, n_channels). Consumed one at a time, so a
+        generator keeps memory flat in the number of chunks, and no full-size
+        copy of a chunk's sparse sums is made.
 
     Returns
     -------
@@ -264,26 +273,42 @@ def reduce_templates(
     """
     total = None
     total_counts = None
-    for part_sums, part_counts in parts:
+    for part in parts:
+        part_sums, part_counts = part[0], part[1]
+        rows = part[2] if len(part) > 2 else None
+        n_units = np.shape(part_counts)[0] if rows is not None else np.shape(part_sums)[0]
         if total is None:
-            total = np.zeros(np.shape(part_sums), dtype=np.float64)
-            if total.ndim != 3:
+            if np.ndim(part_sums) != 3:
                 raise ValueError(
                     "sums must hold arrays shaped (n_units, T, n_channels), "
-                    f"got {total.shape}"
+                    f"got {np.shape(part_sums)}"
                 )
+            total = np.zeros((n_units,) + np.shape(part_sums)[1:], dtype=np.float64)
             total_counts = np.zeros(total.shape[0], dtype=np.int64)
-        if np.shape(part_sums) != total.shape:
-            raise ValueError(
-                f"every sums array must have shape {total.shape}, "
-                f"got {np.shape(part_sums)}"
-            )
-        total += part_sums
+        if rows is None:
+            if np.shape(part_sums) != total.shape:
+                raise ValueError(
+                    f"every sums array must have shape {total.shape}, "
+                    f"got {np.shape(part_sums)}"
+                )
+            total += part_sums
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            if (np.shape(part_sums) != (rows.size,) + total.shape[1:]
+                    or (rows.size and (rows.min() < 0 or rows.max() >= total.shape[0]))
+                    or np.any(np.diff(rows) <= 0)):
+                raise ValueError(
+                    f"sums of shape {np.shape(part_sums)} do not fit rows {rows.size} "
+                    f"(ascending, in [0, {total.shape[0]})) of templates {total.shape}"
+                )
+            # In blocks of rows: a fancy-indexed += gathers a copy of its rows.
+            for i in range(0, rows.size, _ROW_BLOCK):
+                total[rows[i : i + _ROW_BLOCK]] += part_sums[i : i + _ROW_BLOCK]
         total_counts += _check_counts(part_counts, total.shape[0])
     if total is None:
         raise ValueError("parts must hold at least one (sums, counts) pair")
-    divisor = np.maximum(total_counts, 1)[:, None, None]
-    return (total / divisor).astype(np.float32), total_counts
+    total /= np.maximum(total_counts, 1)[:, None, None]  # in place: no second float64 copy
+    return total.astype(np.float32), total_counts
 
 
 def sparsify_templates(
@@ -978,21 +1003,24 @@ def noise_factors(
     ndarray of float32, shape (n_units,)
         Factors (>= a small floor); 1 for all-zero templates.
     """
-    w, noise = _check_noise_windows(templates, noise_windows)
+    t = np.asarray(templates)
+    _, noise = _check_noise_windows(t[:0] if t.ndim == 3 else t, noise_windows)  # shapes only
     # Explicit widths: reshape(0, -1) is ambiguous and fails on zero templates.
-    flat_w = w.reshape(len(w), w.shape[1] * w.shape[2])
+    flat_t = t.reshape(len(t), t.shape[1] * t.shape[2])
     flat_noise = noise.reshape(len(noise), noise.shape[1] * noise.shape[2])
-    # Blocks of windows: no float64 copy of all windows (hundreds of MB for
-    # a thousand channels).
-    projections = np.concatenate(
-        [
-            flat_noise[i : i + 128].astype(np.float64) @ flat_w.T
-            for i in range(0, len(flat_noise), 128)
-        ]
-    )  # (n_windows, n_units)
+    # Blocks of windows and of templates: no float64 copy of all windows or of
+    # all templates (hundreds of MB each for a thousand channels or clusters).
+    projections = np.empty((len(flat_noise), len(flat_t)))  # (n_windows, n_units)
+    norms = np.empty(len(flat_t))
+    for j in range(0, len(flat_t), _TEMPLATE_BLOCK):
+        flat_w = flat_t[j : j + _TEMPLATE_BLOCK].astype(np.float64)
+        norms[j : j + len(flat_w)] = (flat_w**2).sum(axis=1)
+        for i in range(0, len(flat_noise), 128):
+            projections[i : i + 128, j : j + len(flat_w)] = (
+                flat_noise[i : i + 128].astype(np.float64) @ flat_w.T
+            )
     centred = projections - np.median(projections, axis=0)
     variance = (1.4826 * np.median(np.abs(centred), axis=0)) ** 2
-    norms = (flat_w**2).sum(axis=1)
     factors = np.divide(variance, norms, out=np.ones_like(variance), where=norms > 0)
     return np.maximum(factors, 1e-3).astype(np.float32)
 
@@ -1004,8 +1032,13 @@ def matched_snr(
 
     The z-score a spike of unit amplitude reaches against background noise.
     """
-    w = np.asarray(templates, dtype=np.float64)
-    norms = np.sqrt((w.reshape(len(w), int(np.prod(w.shape[1:]))) ** 2).sum(axis=1))
+    t = np.asarray(templates)
+    flat = t.reshape(len(t), int(np.prod(t.shape[1:])))
+    norms = np.empty(len(flat))
+    for j in range(0, len(flat), _TEMPLATE_BLOCK):  # float64 copies of a block at a time
+        norms[j : j + _TEMPLATE_BLOCK] = np.sqrt(
+            (flat[j : j + _TEMPLATE_BLOCK].astype(np.float64) ** 2).sum(axis=1)
+        )
     return (norms / np.sqrt(np.asarray(factors, dtype=np.float64))).astype(np.float32)
 
 

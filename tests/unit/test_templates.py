@@ -585,3 +585,20 @@ def test_merge_member_joins_the_most_similar_reference():
     )
     assert groups == [[0], [1, 2]]
     assert mapping.tolist() == [0, 1, 1] and counts.tolist() == [900, 350]
+
+
+def test_reduce_templates_from_sparse_rows_equals_full_sums():
+    from shardsort.templates import reduce_templates
+
+    rng = np.random.default_rng(3)
+    full = [rng.standard_normal((6, 5, 4)) for _ in range(3)]
+    counts = [rng.integers(0, 4, 6) for _ in range(3)]
+    for f, c in zip(full, counts):
+        f[c == 0] = 0.0
+    dense = reduce_templates(zip(full, counts))
+    rows = [np.flatnonzero(c) for c in counts]
+    sparse = reduce_templates((f[r], c, r) for f, c, r in zip(full, counts, rows))
+    np.testing.assert_array_equal(dense[0], sparse[0])
+    np.testing.assert_array_equal(dense[1], sparse[1])
+    with pytest.raises(ValueError, match="rows"):
+        reduce_templates([(full[0][:2], counts[0], np.array([3, 1]))])
