@@ -66,6 +66,22 @@ DRIFT_ARGS ?=
 bench-drift: $(PEERS_STAMP)
 	$(BIN)/python benchmarks/peers/drift_matrix.py $(DRIFT_ARGS)
 
+# `make bench-accuracy`: the accuracy matrix (issue 15): static ground truth from SpikeInterface
+# (32/64 ch), the project's generator (96 ch) and MEArec biophysical units (64 ch), tuning and
+# held-out seeds, shardsort (defaults) vs SpykingCircus2, Tridesclous2 and MountainSort5;
+# benchmarks/results/accuracy.{md,csv,json}, accuracy_units.csv. ACCURACY_ARGS=--wide adds
+# 384 channels; --only NAME,... a subset. Installs the `mearec` extra (MEArec, NEURON, LFPy).
+ACCURACY_ARGS ?=
+MEAREC_STAMP := $(VENV)/.mearec-installed
+
+.PHONY: bench-accuracy
+bench-accuracy: $(PEERS_STAMP) $(MEAREC_STAMP)
+	$(BIN)/python benchmarks/peers/accuracy_matrix.py $(ACCURACY_ARGS)
+
+$(MEAREC_STAMP): $(PEERS_STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[mearec]"
+	touch $@
+
 $(PEERS_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[peers]"
 	$(BIN)/python -m pip install --quiet $(PEERS_TORCH)

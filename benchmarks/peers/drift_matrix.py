@@ -25,38 +25,35 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
 import platform
-import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from measure import Measurement
+from matrixlib import (
+    add_matrix_arguments,
+    code_snapshot,
+    digest,
+    error_row,
+    score_mark,
+    shardsort_code_key,
+    sort_and_score,
+    write_rows_csv,
+    write_units_rows,
+)
+from matrixlib import fmt as _f
 from recordings import (
     DriftSpec,
     RecordingFiles,
     RecordingSpec,
     generate_drifting,
-    load_ground_truth,
 )
-from run_peers import (
-    LOG_FILE,
-    MEASUREMENT_FILE,
-    failure_reason,
-    not_installed_reason,
-    run_one,
-    run_status,
-    score_run,
-)
-from sorters import INFO_FILE, SORTERS, SPIKES_FILE, package_version
+from sorters import SORTERS, package_version
 
 REPO = Path(__file__).resolve().parents[2]
 PEERS = ("spykingcircus2", "tridesclous2")
@@ -65,7 +62,6 @@ PEERS = ("spykingcircus2", "tridesclous2")
 VARIANTS = {
     "shardsort_nonrigid": ("shardsort, non-rigid", {"motion": {"rigid": False}}),
 }
-CACHE_KEY_FILE = "cache_key.json"
 
 
 @dataclass(frozen=True)
@@ -140,94 +136,8 @@ MATRIX = (
 # --------------------------------------------------------------------------- keys
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def recording_key(entry: Entry) -> str:
-    return _digest(dict(recording=asdict(entry.recording), drift=asdict(entry.drift)))
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout
-
-
-def code_snapshot(work: Path, commit: str | None = None) -> tuple[Path, str]:
-    """A clean copy of the committed code (``git archive``) in ``work/code/``.
-
-    shardsort runs from it, not from the working tree, which other developers
-    may be editing while the matrix runs: a sort then reads one committed
-    state of rules, scripts, sources and ``config/config.yaml``.
-    """
-    commit = _git("rev-parse", commit or "HEAD").strip()
-    folder = work / "code" / commit[:12]
-    if not (folder / "Snakefile").exists():
-        tmp = folder.with_name(folder.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        archive = subprocess.run(
-            ["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
-    return folder, commit
-
-
-def shardsort_code_key(snapshot: Path, commit: str, overlay: dict | None = None) -> dict:
-    """What a shardsort result depends on: the commit and its configuration."""
-    key = dict(
-        commit=commit,
-        config=hashlib.sha256((snapshot / "config" / "config.yaml").read_bytes()).hexdigest()[:12],
-        dirty=False,
-    )
-    if overlay:
-        key["overlay"] = overlay
-    return key
-
-
-def run_shardsort(
-    files: RecordingFiles, output: Path, snapshot: Path, *, n_jobs: int, timeout_s: float,
-    overlay: dict | None = None,
-) -> Measurement:
-    """``snakemake --cores n_jobs`` of the snapshot's workflow with its
-    ``config/config.yaml`` (the defaults; ``overlay`` merged over it for a
-    variant), its own sources first on the path."""
-    from run_peers import sorter_env
-
-    from measure import run_measured
-    from sorters import collect_shardsort
-
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    configfiles = [str(snapshot / "config" / "config.yaml")]
-    if overlay:
-        (output / "overlay.yaml").write_text(json.dumps(overlay) + "\n")  # JSON is YAML
-        configfiles.append(str(output / "overlay.yaml"))
-    env = sorter_env(n_jobs)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(snapshot / "src")] + [p for p in [env.get("PYTHONPATH")] if p]
-    )
-    command = [
-        str(Path(sys.executable).parent / "snakemake"),
-        "--cores", str(n_jobs),
-        "--directory", str(output),
-        "--snakefile", str(snapshot / "Snakefile"),
-        "--configfile", *configfiles,
-        "--config", f"recordings={files.table}",
-    ]
-    measurement = run_measured(
-        command, log_path=output / LOG_FILE, env=env, cwd=output, timeout_s=timeout_s
-    )
-    if measurement.returncode == 0:
-        collect_shardsort(files, output, configfiles_used=configfiles)
-    # preprocessed and corrected chunks: each as large as the recording
-    for sub in ("preprocess", "motion/chunks"):
-        shutil.rmtree(output / "results" / files.name / sub, ignore_errors=True)
-    (output / MEASUREMENT_FILE).write_text(json.dumps(asdict(measurement), indent=2) + "\n")
-    return measurement
+    return digest(dict(recording=asdict(entry.recording), drift=asdict(entry.drift)))
 
 
 # ------------------------------------------------------------------ drift estimate
@@ -313,31 +223,6 @@ def drift_error(motion_h5: Path, gt_npz: Path) -> dict:
 # --------------------------------------------------------------------- running
 
 
-def shardsort_failure(output: Path, name: str) -> str:
-    """'rule X: <error line>' from the Snakemake log and that rule's log."""
-    log = output / LOG_FILE
-    if not log.exists():
-        return "no log"
-    text = log.read_text(errors="replace")
-    rules = re.findall(r"Error in rule (\w+):", text)
-    if not rules:
-        return failure_reason(log)
-    rule = rules[0]
-    rule_logs = re.findall(r"log: (\S+)", text[text.find(f"Error in rule {rule}:") :])
-    detail = ""
-    for rel in rule_logs[:1]:
-        path = output / rel
-        if path.exists():
-            detail = failure_reason(path)
-    return f"rule {rule}: {detail or failure_reason(log)}"
-
-
-def _cached_measurement(output: Path) -> Measurement | None:
-    if (output / MEASUREMENT_FILE).exists():
-        return Measurement(**json.loads((output / MEASUREMENT_FILE).read_text()))
-    return None
-
-
 def run_sorter(
     key: str, entry: Entry, files: RecordingFiles, work: Path, args, snapshot: tuple[Path, str]
 ) -> dict:
@@ -360,94 +245,24 @@ def run_sorter(
         note="",
         cached=False,
     )
-    missing = not_installed_reason(sorter)
-    if missing:
-        row.update(status="not installed", note=missing)
-        return row
-    timeout_s = args.timeout_min * 60.0
-    measurement = _cached_measurement(output)
     code_key = shardsort_code_key(*snapshot, overlay=variant[1] if variant else None)
-    if sorter.is_peer:
-        reuse = measurement is not None and (
-            (output / SPIKES_FILE).exists() or args.score_only
-        )
-    else:
-        stored = output / CACHE_KEY_FILE
-        same_code = stored.exists() and json.loads(stored.read_text()) == code_key
-        reuse = measurement is not None and (
-            args.score_only
-            or (same_code and not args.rerun_shardsort and not code_key["dirty"])
-        )
-    if measurement is None and args.score_only:
-        row.update(status="not run", note=f"no finished run in {output}")
-        return row
-    if reuse:
-        row["cached"] = True
-        print(f"{row['sorter']} on {entry.name}: cached ({output})", flush=True)
-    else:
-        print(f"{row['sorter']} on {entry.name} ...", flush=True)
-        for attempt in range(1 if sorter.is_peer else 2):
-            if sorter.is_peer:
-                measurement = run_one(
-                    sorter,
-                    files,
-                    output,
-                    n_jobs=args.n_jobs,
-                    timeout_s=timeout_s,
-                    keep_outputs=False,
-                    shardsort_configfile=None,
-                )
-                break
-            measurement = run_shardsort(
-                files, output, snapshot[0], n_jobs=args.n_jobs, timeout_s=timeout_s,
-                overlay=variant[1] if variant else None,
-            )
-            (output / CACHE_KEY_FILE).write_text(json.dumps(code_key, indent=2) + "\n")
-            # A failure within the first two minutes may be the machine's (a
-            # job killed under load): try once more.
-            if measurement.returncode == 0 or measurement.wall_s >= 120.0 or attempt:
-                break
-            print(f"  failed after {measurement.wall_s:.0f} s "
-                  f"({shardsort_failure(output, files.name)}); retrying in 30 s", flush=True)
-            row["note"] = "retried once after an immediate failure"
-            time.sleep(30)
-    status, note = run_status(measurement, output, timeout_s=timeout_s)
-    if status == "failed" and not sorter.is_peer:
-        note = f"exit {measurement.returncode}: {shardsort_failure(output, files.name)}"
-    if (output / INFO_FILE).exists():
-        row["version"] = str(json.loads((output / INFO_FILE).read_text())["version"])
-    if not sorter.is_peer and (output / CACHE_KEY_FILE).exists():
-        ck = json.loads((output / CACHE_KEY_FILE).read_text())
-        row["code"] = ck["commit"][:8] + ("+dirty" if ck["dirty"] else "")
-    row.update(
-        status=status,
-        note="; ".join(n for n in (row["note"], note) if n),
-        wall_s=measurement.wall_s,
-        cpu_s=measurement.cpu_s,
-        peak_rss_mb=measurement.peak_rss_mb,
+    measurement = sort_and_score(
+        sorter, files, output, row, args, snapshot, code_key,
+        overlay=variant[1] if variant else None,
     )
-    if status == "ok":
-        with np.load(files.ground_truth) as gt:
-            snr = gt["snr"]
-        score, units = score_run(output, load_ground_truth(files), snr)
-        row.update(asdict(score))
-        row["_units"] = units
+    if measurement is None:
+        return row
     if not sorter.is_peer:
         motion = output / "results" / files.name / "motion" / "motion.h5"
         if motion.exists():
             row.update(drift_error(motion, files.ground_truth))
         else:
             row["motion_decision"] = "no motion.h5 (drift not estimated)"
-    mark = (
-        f"{row.get('well_detected')}/{row.get('n_gt_units')} well, "
-        f"{row.get('redundant_units')} redundant, {row.get('false_positive_units')} FP"
-        if status == "ok"
-        else note
-    )
     est = (
         f"; estimate {row['est_rms_um']:.2f} µm RMS" if "est_rms_um" in row else ""
     )
-    print(f"  {status} in {measurement.wall_s / 60:.1f} min: {mark}{est}", flush=True)
+    print(f"  {row['status']} in {measurement.wall_s / 60:.1f} min: {score_mark(row)}{est}",
+          flush=True)
     return row
 
 
@@ -474,12 +289,6 @@ def check(rows: list[dict], recording: str) -> str:
         return "– (no SC2 result)"
     ok = ss["well_detected"] >= sc2["well_detected"] and ss["redundant_units"] <= sc2["redundant_units"] + 1
     return "yes" if ok else "no"
-
-
-def _f(v, spec: str) -> str:
-    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return format(v, spec)
 
 
 def _label(key: str) -> str:
@@ -625,24 +434,12 @@ def write_results(
     rows: list[dict], entries: list[Entry], pending: list[str], results: Path, n_jobs: int,
     note: str = "",
 ) -> None:
-    import csv
-
     results.mkdir(parents=True, exist_ok=True)
     for r in rows:
         if r["sorter"] == "shardsort":
             r["check"] = check(rows, r["recording"])
-    with open(results / "drift.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k, "")) for k in CSV_FIELDS})
-    with open(results / "drift_units.csv", "w", newline="") as fh:
-        names = ["recording", "sorter", "gt_unit", "snr", "accuracy", "precision", "recall"]
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        for r in rows:
-            for u in r.get("_units", []):
-                writer.writerow(dict(recording=r["recording"], sorter=r["sorter"], **u))
+    write_rows_csv(results / "drift.csv", rows, CSV_FIELDS)
+    write_units_rows(results / "drift_units.csv", rows)
     (results / "drift.md").write_text(
         markdown(rows, entries, pending, note).replace("{n_jobs}", str(n_jobs))
     )
@@ -668,21 +465,10 @@ def write_results(
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--wide", action="store_true", help="also the 384-channel recordings")
-    p.add_argument("--only", default="", help="comma-separated recording names")
-    p.add_argument("--sorters", default="shardsort," + ",".join(PEERS))
-    p.add_argument("--n-jobs", type=int, default=2)
-    p.add_argument("--timeout-min", type=float, default=30.0)
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "drift")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--rerun-shardsort", action="store_true",
-                   help="sort with shardsort even when a run of the same code exists")
-    p.add_argument("--score-only", action="store_true",
-                   help="only rebuild the tables from finished runs")
-    p.add_argument("--generate-only", action="store_true")
-    p.add_argument("--note", default="", help="a line added to drift.md's header")
-    p.add_argument("--commit", default=None,
-                   help="commit whose code shardsort runs (default: HEAD when the matrix starts)")
+    add_matrix_arguments(
+        p, sorters="shardsort," + ",".join(PEERS), work=REPO / "benchmarks" / "work" / "drift",
+        results=REPO / "benchmarks" / "results", name="drift.md",
+    )
     args = p.parse_args(argv)
     args.sorters = [s for s in args.sorters.split(",") if s]
     bad = sorted(set(args.sorters) - {"shardsort", *VARIANTS, *PEERS})
@@ -729,12 +515,10 @@ def main(argv=None) -> None:
         try:
             row = run_sorter(key, entry, files_of[entry.name], args.work, args, snapshot)
         except Exception as error:  # keep the matrix going; record why
-            row = dict(
+            row = error_row(dict(
                 recording=entry.name, held_out=entry.held_out, drift=entry.describe(),
                 sorter=_label(key), version=package_version(SORTERS.get(key, SORTERS["shardsort"]).package),
-                status="error", note=f"{type(error).__name__}: {error}"[:200],
-            )
-            print(f"  error: {row['note']}", flush=True)
+            ), error)
         rows[(entry.name, key)] = row
         ordered = [rows[(e.name, k)] for k, e in plan if (e.name, k) in rows]
         pending = [f"{_label(k)} on {e.name}" for k, e in plan[i + 1 :]] + [
