@@ -16,6 +16,8 @@ from shardsort.workflow import waveform_samples
 
 #: Rows below which the binary search reads the rest of the range at once.
 SEARCH_BLOCK_ROWS = 4096
+#: Clusters' sums packed together (the templates job's unit of reading).
+SUM_ROWS_PER_BLOCK = 16
 
 log = job_logger(snakemake)
 spec = snakemake.params.recording
@@ -76,7 +78,9 @@ sums, counts = accumulate_templates(
 present = np.flatnonzero(counts)
 # Packed losslessly (the sums of int16 chunks are exact multiples of the
 # int16 step: ~0.2 of their float64 size): the sums of every chunk are on disk
-# together until the templates job.
-write_npz(snakemake.output.sums, **pack_array("sums", sums[present]), present=present,
-          counts=counts)
+# together until the templates job. Packed in blocks of rows: the templates
+# job reduces the clusters a block at a time and decodes only their rows.
+write_npz(snakemake.output.sums,
+          **pack_array("sums", sums[present], rows_per_block=SUM_ROWS_PER_BLOCK),
+          present=present, counts=counts)
 log.info("chunk %d: %d spikes into %d templates", chunk["index"], int(sel.sum()), n_units)

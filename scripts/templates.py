@@ -5,7 +5,7 @@ import numpy as np
 
 from shardsort.deconvolve import prepare_templates
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, read_npz, write_h5, write_npz
+from shardsort.jobs import job_logger, read_h5, read_packed_rows, write_h5, write_npz
 from shardsort.templates import (
     align_templates,
     clean_templates,
@@ -22,6 +22,11 @@ from shardsort.templates import (
 )
 from shardsort.workflow import ms_to_samples, waveform_samples
 
+#: Float64 sums held at a time while reducing the chunks' template sums.
+REDUCE_BLOCK_BYTES = 64e6
+#: Background-noise windows drawn per noise segment.
+NOISE_WINDOWS = 250
+
 log = job_logger(snakemake)
 spec = snakemake.params.recording
 cfg = snakemake.params.templates
@@ -29,37 +34,55 @@ rate = spec["sampling_rate_hz"]
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 pre, post = waveform_samples({"detect": snakemake.params.detect}, rate)
 
-n_clusters = int(read_npz(snakemake.input.sums[0])["counts"].size)
+with np.load(snakemake.input.sums[0], allow_pickle=False) as first:
+    n_clusters = int(first["counts"].size)
+width, n_channels = pre + post, len(positions)
+# Clusters reduced a block at a time (float64 sums of at most ~64 MB), each
+# block reading only its rows of every chunk's sums: memory grows with the
+# number of clusters by their float32 templates only.
+block = max(1, int(REDUCE_BLOCK_BYTES // (width * n_channels * 8)))
+templates = np.zeros((n_clusters, width, n_channels), dtype=np.float32)
+counts = np.zeros(n_clusters, dtype=np.int64)
 
 
-def chunk_sums():
-    """(sums, counts, rows) of one chunk at a time: memory flat in the number of chunks."""
+def chunk_sums(lo, hi):
+    """(sums, counts, rows) of clusters lo:hi, one chunk at a time."""
     for path in snakemake.input.sums:
-        part = read_npz(path)
-        yield part["sums"], part["counts"], part["present"]
+        with np.load(path, allow_pickle=False) as data:
+            present = data["present"]
+            first_row, last_row = np.searchsorted(present, [lo, hi])
+            rows = read_packed_rows(data, "sums", int(first_row), int(last_row), path=path)
+            yield rows, data["counts"][lo:hi], present[first_row:last_row] - lo
 
 
-templates, counts = reduce_templates(chunk_sums())
-# Channels holding only averaged noise are zeroed (see sparsify_templates).
-templates = sparsify_templates(
-    templates, counts, min_fraction=cfg["sparsity_fraction"], noise_ptp=cfg["sparsity_noise_ptp"],
-    positions_um=positions, radius_um=cfg["sparsity_radius_um"],
-)
+for lo in range(0, n_clusters, block):
+    hi = min(lo + block, n_clusters)
+    part, counts[lo:hi] = reduce_templates(chunk_sums(lo, hi))
+    # Channels holding only averaged noise are zeroed (see sparsify_templates).
+    templates[lo:hi] = sparsify_templates(
+        part, counts[lo:hi], min_fraction=cfg["sparsity_fraction"],
+        noise_ptp=cfg["sparsity_noise_ptp"], positions_um=positions,
+        radius_um=cfg["sparsity_radius_um"],
+    )
+    del part
 
 # Background-noise windows: how each template's matching score varies on
 # noise alone (the noise is band-limited and spatially correlated). Random
 # windows, spikes included: noise_factors takes a robust spread.
 noise_rec = ChunkedRecording(snakemake.input.noise_chunks, n_samples=spec["n_samples"])
-windows = []
-for i, (start, stop) in enumerate(snakemake.params.segments):
+segments = snakemake.params.segments
+windows = np.empty((NOISE_WINDOWS * len(segments), width, n_channels), dtype=np.float32)
+n_windows = 0  # filled in place: no second copy of all windows
+for i, (start, stop) in enumerate(segments):
     traces = noise_rec.get_traces(start, stop)
-    windows.append(
-        sample_noise_windows(
-            traces, n_windows=250, window_samples=pre + post,
-            threshold=None, seed=snakemake.params.seed + i,
-        )
+    found = sample_noise_windows(
+        traces, n_windows=NOISE_WINDOWS, window_samples=width,
+        threshold=None, seed=snakemake.params.seed + i,
     )
-windows = np.concatenate(windows)
+    windows[n_windows : n_windows + len(found)] = found
+    n_windows += len(found)
+    del traces, found
+windows = windows[:n_windows]
 log.info("%d background-noise windows", len(windows))
 
 

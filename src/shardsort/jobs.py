@@ -92,7 +92,13 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, packed ones (:func:`pack_array`) unpacked."""
     with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
+        blocked = [k[: -len(_ROW_BLOCKS)] for k in data.files if k.endswith(_ROW_BLOCKS)]
+        out = {k: data[k] for k in data.files
+               if not any(k.startswith(name + _PACKED) for name in blocked)}
+        for name in blocked:
+            n_rows = int(out.pop(name + "__shape")[0])
+            out[name] = read_packed_rows(data, name, 0, n_rows, path=path)
+            out.pop(name + _ROW_BLOCKS), out.pop(name + "__dtype")
     for key in [k for k in out if k.endswith(_PACKED)]:
         name = key[: -len(_PACKED)]
         out[name] = unpack_array(out.pop(key), out.pop(name + "__shape"),
@@ -100,26 +106,88 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
+def read_packed_rows(data, name: str, start: int, stop: int, *,
+                     path: str | os.PathLike = "") -> np.ndarray:
+    """Rows ``start:stop`` of array ``name`` of an ``.npz`` file; of one packed by
+    :func:`pack_array` with ``rows_per_block``, only the blocks holding them
+    are decoded.
+
+    ``data`` is an open ``np.load`` of the ``.npz`` file (its members are read
+    on access).
+    """
+    if name + _ROW_BLOCKS not in data.files:  # stored whole (packed or not)
+        whole = (unpack_array(data[name + _PACKED], data[name + "__shape"],
+                              data[name + "__dtype"], path=path)
+                 if name + _PACKED in data.files else data[name])
+        if not 0 <= start <= stop <= len(whole):
+            raise ValueError(f"{os.fspath(path)!r}: rows {start}:{stop} of {name!r} outside "
+                             f"its {len(whole)} rows")
+        return whole[start:stop]
+    rows_per_block = int(data[name + _ROW_BLOCKS])
+    shape = tuple(int(n) for n in data[name + "__shape"])
+    dtype = data[name + "__dtype"]
+    if not 0 <= start <= stop <= shape[0]:
+        raise ValueError(
+            f"{os.fspath(path)!r}: rows {start}:{stop} of {name!r} outside its {shape[0]} rows"
+        )
+    out = np.empty((stop - start,) + shape[1:], dtype=np.dtype(str(dtype)))
+    first = start // rows_per_block
+    for block in range(first, -(-stop // rows_per_block)):
+        lo = block * rows_per_block
+        hi = min(lo + rows_per_block, shape[0])
+        values = unpack_array(data[f"{name}{_PACKED}{block:05d}"],
+                              np.asarray((hi - lo,) + shape[1:]), dtype, path=path)
+        a, b = max(start, lo), min(stop, hi)
+        out[a - start : b - start] = values[a - lo : b - lo]
+    return out
+
+
 #: Suffix of a packed array's bytes in an ``.npz`` file (:func:`pack_array`).
 _PACKED = "__packed"
+#: Key holding the rows per block of an array packed block by block.
+_ROW_BLOCKS = "__rows_per_block"
 #: Blosc keeps a buffer under 2 GiB; larger arrays are stored as they are.
 _PACK_MAX_BYTES = 2**31 - 2**20
 
 
-def pack_array(name: str, array: np.ndarray) -> dict[str, np.ndarray]:
+def pack_array(name: str, array: np.ndarray, *,
+               rows_per_block: int | None = None) -> dict[str, np.ndarray]:
     """``{name: array}``, or its lossless Blosc (zstd, bit shuffle) packing for
     :func:`write_npz` / :func:`read_npz`.
 
     Template sums of int16 chunks are exact multiples of the int16 step held
     in float64: most of their mantissa bits are zero, which bit shuffling
     turns into long runs the codec stores almost for free.
+
+    With ``rows_per_block``, blocks of that many leading-axis rows are packed
+    apart (always packed, whatever the size), so that
+    :func:`read_packed_rows` decodes only the rows a reader needs.
     """
     array = np.ascontiguousarray(array)
-    if array.nbytes == 0 or array.nbytes > _PACK_MAX_BYTES:
-        return {name: array}
     from numcodecs import Blosc
 
     codec = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE)
+    if rows_per_block is not None:
+        # Blocks of rows packed apart: a reader decodes only the rows it needs
+        # (read_packed_rows).
+        if rows_per_block < 1 or array.ndim == 0:
+            raise ValueError(f"rows_per_block must be >= 1 for an array of >= 1 dimension, "
+                             f"got {rows_per_block} for shape {array.shape}")
+        row_bytes = max(array.nbytes // max(len(array), 1), 1)
+        rows_per_block = max(1, min(rows_per_block, _PACK_MAX_BYTES // row_bytes))
+        packed = {
+            f"{name}{_PACKED}{i // rows_per_block:05d}": np.frombuffer(
+                codec.encode(array[i : i + rows_per_block]), dtype=np.uint8)
+            for i in range(0, len(array), rows_per_block)
+        }
+        return {
+            **packed,
+            name + _ROW_BLOCKS: np.asarray(rows_per_block, dtype=np.int64),
+            name + "__shape": np.asarray(array.shape, dtype=np.int64),
+            name + "__dtype": np.asarray(array.dtype.str),
+        }
+    if array.nbytes == 0 or array.nbytes > _PACK_MAX_BYTES:
+        return {name: array}
     return {
         name + _PACKED: np.frombuffer(codec.encode(array), dtype=np.uint8),
         name + "__shape": np.asarray(array.shape, dtype=np.int64),

@@ -248,3 +248,29 @@ def test_packed_arrays_round_trip_through_npz(tmp_path):
     empty = pack_array("sums", np.zeros((0, 61, 40)))
     write_npz(tmp_path / "e.npz", **empty)
     assert read_npz(tmp_path / "e.npz")["sums"].shape == (0, 61, 40)
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 3, 7, 50])
+def test_arrays_packed_by_row_blocks_read_whole_or_by_rows(tmp_path, rows_per_block):
+    from shardsort.jobs import pack_array, read_npz, read_packed_rows, write_npz
+
+    rng = np.random.default_rng(5)
+    sums = rng.integers(-3000, 3000, size=(7, 61, 40)).astype(np.float64) / 32
+    packed = pack_array("sums", sums, rows_per_block=rows_per_block)
+    write_npz(tmp_path / "s.npz", **packed, counts=np.arange(3))
+    back = read_npz(tmp_path / "s.npz")
+    assert set(back) == {"sums", "counts"}
+    np.testing.assert_array_equal(back["sums"], sums)
+    with np.load(tmp_path / "s.npz") as data:
+        for start, stop in [(0, 7), (2, 5), (3, 3), (6, 7), (0, 1)]:
+            np.testing.assert_array_equal(read_packed_rows(data, "sums", start, stop), sums[start:stop])
+        with pytest.raises(ValueError, match="rows 5:9"):
+            read_packed_rows(data, "sums", 5, 9)
+    # Arrays stored whole (packed or not) read by rows too.
+    write_npz(tmp_path / "w.npz", **pack_array("sums", sums), plain=sums)
+    with np.load(tmp_path / "w.npz") as data:
+        np.testing.assert_array_equal(read_packed_rows(data, "sums", 2, 6), sums[2:6])
+        np.testing.assert_array_equal(read_packed_rows(data, "plain", 1, 4), sums[1:4])
+    empty = pack_array("sums", np.zeros((0, 61, 40)), rows_per_block=rows_per_block)
+    write_npz(tmp_path / "e.npz", **empty)
+    assert read_npz(tmp_path / "e.npz")["sums"].shape == (0, 61, 40)
