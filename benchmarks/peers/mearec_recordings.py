@@ -227,8 +227,11 @@ def generate_mearec(
     files = RecordingFiles(name, folder)
     full_spec = dict(mearec=asdict(spec), templates=str(templates))
     paths = (files.binary, files.geometry, files.ground_truth, files.table, files.spec_file)
-    if all(p.exists() for p in paths) and json.loads(files.spec_file.read_text()) == full_spec:
-        return files
+    if all(p.exists() for p in paths):
+        stored = json.loads(files.spec_file.read_text())
+        stored.pop("recording", None)  # written for load_recording
+        if stored == full_spec:
+            return files
     tmp = folder / f"{name}.mearec-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
