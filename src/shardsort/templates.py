@@ -619,7 +619,11 @@ def _similarity_and_lags(
     ``lags[i, j] = d`` means ``templates[j, t] ~ templates[i, t - d]``.
     """
     n_units, n_times, n_channels = templates.shape
-    flat_norms = np.sqrt((templates.astype(np.float64) ** 2).sum(axis=(1, 2)))
+    # In blocks of templates: no float64 copy of them all.
+    flat_norms = np.empty(n_units)
+    for j in range(0, n_units, _TEMPLATE_BLOCK):
+        block = templates[j : j + _TEMPLATE_BLOCK].astype(np.float64)
+        flat_norms[j : j + len(block)] = np.sqrt((block**2).sum(axis=(1, 2)))
     best = np.full((n_units, n_units), -np.inf)
     lags = np.zeros((n_units, n_units), dtype=np.int64)
     for lag in range(max_shift_samples + 1):
@@ -764,7 +768,11 @@ def merge_similar_templates(
                 f"noise_factors must have shape ({n_units},), got {factors.shape}"
             )
         flat = templates.reshape(n_units, templates.shape[1] * templates.shape[2])
-        energy = (flat.astype(np.float64) ** 2).sum(axis=1)
+        energy = np.empty(n_units)
+        for j in range(0, n_units, _TEMPLATE_BLOCK):  # no float64 copy of them all
+            energy[j : j + _TEMPLATE_BLOCK] = (
+                flat[j : j + _TEMPLATE_BLOCK].astype(np.float64) ** 2
+            ).sum(axis=1)
         difference = (
             np.minimum.outer(energy, energy)
             * (1.0 - np.clip(cosine, 0.0, 1.0) ** 2)
@@ -1068,18 +1076,21 @@ def noise_lag_correlation(
     ndarray of float32, shape (n_units,)
         In [-1, 1); 1 - 1e-6 at most, 0 for all-zero templates.
     """
-    w, noise = _check_noise_windows(templates, noise_windows)
-    n_units, n_times, n_channels = w.shape
+    t = np.asarray(templates)
+    _, noise = _check_noise_windows(t[:0] if t.ndim == 3 else t, noise_windows)  # shapes only
+    n_units, n_times, n_channels = t.shape
     if n_units == 0 or n_times < 2:
         return np.zeros(n_units, dtype=np.float32)
-    # The template without its last sample, against the window at onsets 0 and 1.
-    head = w[:, :-1].reshape(n_units, (n_times - 1) * n_channels)
-    first, second = [], []
-    for i in range(0, len(noise), 128):
-        block = noise[i : i + 128].astype(np.float64)
-        first.append(block[:, :-1].reshape(len(block), -1) @ head.T)
-        second.append(block[:, 1:].reshape(len(block), -1) @ head.T)
-    a, b = np.concatenate(first), np.concatenate(second)  # (n_windows, n_units)
+    # The template without its last sample, against the window at onsets 0 and
+    # 1; in blocks of templates and of windows (no float64 copy of them all).
+    a = np.empty((len(noise), n_units))  # (n_windows, n_units)
+    b = np.empty((len(noise), n_units))
+    for j in range(0, n_units, _TEMPLATE_BLOCK):
+        head = t[j : j + _TEMPLATE_BLOCK, :-1].astype(np.float64).reshape(-1, (n_times - 1) * n_channels)
+        for i in range(0, len(noise), 128):
+            block = noise[i : i + 128].astype(np.float64)
+            a[i : i + 128, j : j + len(head)] = block[:, :-1].reshape(len(block), -1) @ head.T
+            b[i : i + 128, j : j + len(head)] = block[:, 1:].reshape(len(block), -1) @ head.T
     # Robust correlation: 1 - var(a - b) / (2 var), spreads from the MAD, so
     # that windows holding spikes do not dominate.
     def robust_var(x):
