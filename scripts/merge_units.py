@@ -205,6 +205,9 @@ selection = select_units(
     max_shared_fraction=dec["max_shared_fraction"],
     expected_noise=noise_matches,
     max_noise_fraction=dec["max_noise_fraction"],
+    # Residuals ride on the unit with the larger template (not the one with
+    # more spikes: a unit of residues collects many).
+    unit_size=[float(np.linalg.norm(t)) for t in templates],
 )
 alive = selection.alive
 for unit in np.flatnonzero(~alive):

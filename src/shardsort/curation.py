@@ -122,12 +122,17 @@ def shared_spikes(
     *,
     window_samples: int,
     max_shared_fraction: float,
+    size: npt.ArrayLike | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Spikes that ride on one larger unit's spikes.
 
-    For every eligible unit, the eligible unit with more spikes on whose spikes
-    (within ``window_samples``) most of its spikes lie is its partner; when
-    that fraction exceeds ``max_shared_fraction`` those spikes are marked.
+    For every eligible unit, the larger eligible unit on whose spikes (within
+    ``window_samples``) most of its spikes lie is its partner; when that
+    fraction exceeds ``max_shared_fraction`` those spikes are marked.
+    "Larger" is by ``size`` when given (one value per unit, e.g. the
+    template's norm: a big spike's subtraction residue is fitted by a
+    smaller template, however many spikes that unit collected elsewhere),
+    else by number of spikes.
 
     Returns
     -------
@@ -142,6 +147,9 @@ def shared_spikes(
     eligible = np.asarray(eligible, dtype=bool)
     n_units = eligible.size
     counts = np.bincount(units, minlength=n_units)
+    rank = counts if size is None else np.asarray(size, dtype=np.float64)
+    if rank.shape != (n_units,):
+        raise ValueError(f"size must have one value per unit ({n_units}), got {rank.shape}")
     members = [np.flatnonzero(units == unit) for unit in range(n_units)]
     members = [m[np.argsort(times[m], kind="stable")] for m in members]
     riding = np.zeros(times.size, dtype=bool)
@@ -150,7 +158,7 @@ def shared_spikes(
     for unit in np.flatnonzero(eligible & (counts > 0)):
         own = times[members[unit]]
         best, best_near = 0.0, None
-        for other in np.flatnonzero(eligible & (counts > counts[unit])):
+        for other in np.flatnonzero(eligible & (counts > 0) & (rank > rank[unit])):
             theirs = times[members[other]]
             right = np.searchsorted(theirs, own)
             near = np.zeros(own.size, dtype=bool)
@@ -181,6 +189,7 @@ def select_units(
     max_shared_fraction: float = 1.0,
     expected_noise: npt.ArrayLike | None = None,
     max_noise_fraction: float = 1.0,
+    unit_size: npt.ArrayLike | None = None,
 ) -> UnitSelection:
     """Keep units with enough spikes, a high enough rate and median amplitude.
 
@@ -201,7 +210,8 @@ def select_units(
         passing unit's spikes lie within ``shared_window_samples`` of spikes of
         one other passing unit with more spikes (:func:`shared_spikes`), those
         spikes are dropped (``keep_spike``) and the unit is judged again on
-        the rest.
+        the rest. With ``unit_size`` (one value per unit), "larger" means
+        larger by it (:func:`shared_spikes`).
     shared_window_samples : int
     max_shared_fraction : float
     expected_noise : array_like, shape (n_units,), optional
@@ -255,7 +265,7 @@ def select_units(
         # neighbour's residuals stays; a unit made of residuals goes).
         riding, partners, fractions = shared_spikes(
             times, units, alive, window_samples=shared_window_samples,
-            max_shared_fraction=max_shared_fraction,
+            max_shared_fraction=max_shared_fraction, size=unit_size,
         )
         keep_spike = alive[units] & ~riding
         counts_left, rate, median, reasons_left = _judge(

@@ -94,3 +94,27 @@ def test_spikes_riding_on_a_larger_units_spikes_are_removed():
     with pytest.raises(ValueError, match="sample_index must have the shape"):
         select_units(units, amps, max_shared_fraction=0.2,
                      **{**kwargs, "sample_index": times[:-1]})
+
+
+def test_a_big_unit_never_rides_on_a_unit_of_its_residues():
+    """A unit of residues (small template) that fired on a big unit's spikes and
+    on many others has more spikes than the big unit: ranked by template size,
+    the residues go and the big unit keeps every spike."""
+    rng = np.random.default_rng(8)
+    duration = 120 * 30_000
+    big = np.sort(rng.choice(duration, 900, replace=False))
+    residues = np.concatenate([big[rng.random(big.size) < 0.6] + rng.integers(0, 6, 1).item(),
+                               rng.choice(duration, 1500, replace=False)])
+    times = np.concatenate([big, residues])
+    units = np.repeat([0, 1], [big.size, residues.size])
+    amps = np.ones(times.size)
+    kwargs = dict(n_units=2, duration_s=120.0, sample_index=times, shared_window_samples=60,
+                  max_shared_fraction=0.3)
+    # By spike count the big unit (900 spikes) rides on the residues' (1,440+).
+    by_count = select_units(units, amps, **kwargs)
+    assert not by_count.keep_spike[units == 0].all()
+    by_size = select_units(units, amps, unit_size=[60.0, 4.0], **kwargs)
+    assert by_size.keep_spike[units == 0].all()
+    assert by_size.n_spikes[0] == big.size
+    with pytest.raises(ValueError, match="size must have one value per unit"):
+        select_units(units, amps, unit_size=[1.0], **kwargs)
