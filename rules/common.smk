@@ -10,8 +10,13 @@ from shardsort.workflow import (
     nn_model_dir,
     motion_enabled,
     phase_shifts,
+    single_scheduler_timer,
 )
 from shardsort.preprocess import design_bandpass
+
+# One pending scheduler wake-up at a time (Snakemake 9 starts one more per
+# scheduling round while jobs wait: see single_scheduler_timer).
+single_scheduler_timer()
 
 CTX = load_context(config)
 RECORDINGS = CTX.recordings

@@ -259,3 +259,31 @@ def test_recording_shorter_than_a_waveform_window_is_refused(config, tmp_path, n
                r"expected at least 2\.53333 ms \(76 samples\)")
     with pytest.raises(ConfigError, match=message):
         load_context(config)
+
+
+def test_the_scheduler_keeps_one_pending_wakeup():
+    """Repeated re-evaluation requests start one (daemon) timer, not one each."""
+    import threading
+    import time
+
+    from shardsort.workflow import single_scheduler_timer
+
+    assert single_scheduler_timer()
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    class Scheduler:
+        _schedule_reevalutation = JobScheduler._schedule_reevalutation
+
+        def __init__(self):
+            self._open_jobs = threading.Semaphore(0)
+
+    scheduler = Scheduler()
+    before = threading.active_count()
+    for _ in range(50):
+        scheduler._schedule_reevalutation(0.2)
+    assert threading.active_count() - before <= 1
+    assert scheduler._open_jobs.acquire(timeout=5)
+    assert not scheduler._open_jobs.acquire(timeout=0.5)  # one wake-up, not 50
+    scheduler._schedule_reevalutation(0.05)  # a new one may be scheduled once it fired
+    assert scheduler._open_jobs.acquire(timeout=5)
+    time.sleep(0.01)
