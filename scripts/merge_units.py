@@ -208,10 +208,15 @@ selection = select_units(
     # Residuals ride on the unit with the larger template (not the one with
     # more spikes: a unit of residues collects many).
     unit_size=[float(np.linalg.norm(t)) for t in templates],
+    shared_min_z=dec["shared_min_z"],
 )
 alive = selection.alive
 for unit in np.flatnonzero(~alive):
     log.info("unit %d removed: %s", unit, selection.reasons[unit])
+dropped = np.bincount(spikes["unit_index"][~selection.keep_spike], minlength=n_units_in)
+for unit in np.flatnonzero(alive & (dropped > 0)):
+    log.info("unit %d keeps %d spikes; %d on larger units' spikes (residuals) removed",
+             unit, selection.n_spikes[unit], dropped[unit])
 renumber = np.full(n_units_in, -1, dtype=np.int32)
 renumber[alive] = np.arange(int(alive.sum()), dtype=np.int32)
 # Spikes of removed units, and residuals of a larger unit's spikes, go.

@@ -123,24 +123,37 @@ def shared_spikes(
     window_samples: int,
     max_shared_fraction: float,
     size: npt.ArrayLike | None = None,
+    min_z: float | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Spikes that ride on one larger unit's spikes.
+    """Spikes that ride on larger units' spikes.
 
-    For every eligible unit, the larger eligible unit on whose spikes (within
-    ``window_samples``) most of its spikes lie is its partner; when that
-    fraction exceeds ``max_shared_fraction`` those spikes are marked.
     "Larger" is by ``size`` when given (one value per unit, e.g. the
     template's norm: a big spike's subtraction residue is fitted by a
     smaller template, however many spikes that unit collected elsewhere),
     else by number of spikes.
 
+    With ``min_z`` None, the larger eligible unit on whose spikes (within
+    ``window_samples``) most of a unit's spikes lie is its partner, and when
+    that fraction exceeds ``max_shared_fraction`` those spikes are marked.
+
+    With ``min_z``, every larger unit on whose spikes a unit's spikes lie more
+    often than chance is a partner: the count near it exceeds what
+    independent trains give (the partner's rate times the window's
+    ``2 window_samples + 1`` samples, over the span of all spikes) by at
+    least ``min_z`` binomial standard deviations. A unit of residues collects
+    them from every big unit around it, each a modest share; when the spikes
+    near any partner exceed ``max_shared_fraction`` of the unit's, all of
+    them are marked.
+
     Returns
     -------
     riding : ndarray of bool, shape (n_spikes,)
     partner : ndarray of int64, shape (n_units,)
-        The partner of each unit whose spikes were marked, else -1.
+        The partner of each unit whose spikes were marked (with ``min_z``:
+        the one sharing the most), else -1.
     fraction : ndarray of float64, shape (n_units,)
-        Largest fraction of each unit's spikes on one larger unit's.
+        Fraction of each unit's spikes on its partners' (without ``min_z``:
+        on the one larger unit sharing the most).
     """
     times = np.asarray(sample_index, dtype=np.int64)
     units = np.asarray(unit_index, dtype=np.int64)
@@ -150,6 +163,9 @@ def shared_spikes(
     rank = counts if size is None else np.asarray(size, dtype=np.float64)
     if rank.shape != (n_units,):
         raise ValueError(f"size must have one value per unit ({n_units}), got {rank.shape}")
+    if min_z is not None and not min_z > 0:
+        raise ValueError(f"min_z must be > 0, got {min_z!r}")
+    span = float(times.max() - times.min() + 1) if times.size else 1.0
     members = [np.flatnonzero(units == unit) for unit in range(n_units)]
     members = [m[np.argsort(times[m], kind="stable")] for m in members]
     riding = np.zeros(times.size, dtype=bool)
@@ -157,7 +173,8 @@ def shared_spikes(
     fraction = np.zeros(n_units)
     for unit in np.flatnonzero(eligible & (counts > 0)):
         own = times[members[unit]]
-        best, best_near = 0.0, None
+        best, best_near, best_other = 0.0, None, -1
+        union = np.zeros(own.size, dtype=bool)
         for other in np.flatnonzero(eligible & (counts > 0) & (rank > rank[unit])):
             theirs = times[members[other]]
             right = np.searchsorted(theirs, own)
@@ -165,9 +182,18 @@ def shared_spikes(
             for k in (right - 1, right):
                 ok = (k >= 0) & (k < theirs.size)
                 near[ok] |= np.abs(theirs[k[ok]] - own[ok]) <= window_samples
-            share = float(near.mean())
+            n_near = int(near.sum())
+            share = n_near / own.size
+            if min_z is not None:
+                chance = min(1.0, theirs.size * (2 * window_samples + 1) / span)
+                sd = np.sqrt(own.size * chance * (1.0 - chance))
+                if n_near - own.size * chance < min_z * max(sd, 1.0):
+                    continue
+                union |= near
             if share > best:
                 best, best_near, best_other = share, near, int(other)
+        if min_z is not None:
+            best, best_near = float(union.mean()), union
         fraction[unit] = best
         if best > max_shared_fraction:
             riding[members[unit][best_near]] = True
@@ -190,6 +216,7 @@ def select_units(
     expected_noise: npt.ArrayLike | None = None,
     max_noise_fraction: float = 1.0,
     unit_size: npt.ArrayLike | None = None,
+    shared_min_z: float | None = None,
 ) -> UnitSelection:
     """Keep units with enough spikes, a high enough rate and median amplitude.
 
@@ -219,6 +246,10 @@ def select_units(
         a unit is removed when more than ``max_noise_fraction`` of its spikes
         could be such matches.
     max_noise_fraction : float
+    shared_min_z : float, optional
+        Count the spikes on every larger unit whose spikes a unit's lie on
+        more often than chance by this many standard deviations, together
+        (:func:`shared_spikes`), not only on the one sharing the most.
 
     Returns
     -------
@@ -265,7 +296,7 @@ def select_units(
         # neighbour's residuals stays; a unit made of residuals goes).
         riding, partners, fractions = shared_spikes(
             times, units, alive, window_samples=shared_window_samples,
-            max_shared_fraction=max_shared_fraction, size=unit_size,
+            max_shared_fraction=max_shared_fraction, size=unit_size, min_z=shared_min_z,
         )
         keep_spike = alive[units] & ~riding
         counts_left, rate, median, reasons_left = _judge(
@@ -273,10 +304,9 @@ def select_units(
             min_rate_hz, min_median_amplitude, noise, max_noise_fraction,
         )
         for unit in np.flatnonzero(alive & (partners >= 0)):
-            shared = (
-                f"{fractions[unit]:.0%} of its spikes on unit {partners[unit]}'s "
-                f"> {max_shared_fraction:.0%}"
-            )
+            on = (f"unit {partners[unit]}'s" if shared_min_z is None
+                  else f"larger units' (most on unit {partners[unit]}'s)")
+            shared = f"{fractions[unit]:.0%} of its spikes on {on} > {max_shared_fraction:.0%}"
             reasons[unit] = f"{shared}, then {reasons_left[unit]}" if reasons_left[unit] else ""
         alive = np.array([not r for r in reasons], dtype=bool)
         counts = counts_left

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shardsort.curation import select_units
+from shardsort.curation import select_units, shared_spikes
 
 
 def _spikes(spec, seed=0):
@@ -118,3 +118,42 @@ def test_a_big_unit_never_rides_on_a_unit_of_its_residues():
     assert by_size.n_spikes[0] == big.size
     with pytest.raises(ValueError, match="size must have one value per unit"):
         select_units(units, amps, unit_size=[1.0], **kwargs)
+
+
+def test_residues_of_several_big_units_are_counted_together():
+    """A residue template fires after the spikes of four big units, a fifth of
+    its spikes on each: no single partner reaches the shared fraction, all of
+    them together do. An independent unit next to the same big units keeps
+    every spike (its chance coincidences are no partner)."""
+    rng = np.random.default_rng(21)
+    duration = 300 * 30_000
+    bigs = [np.sort(rng.choice(duration, 3000, replace=False)) for _ in range(4)]
+    residue = np.concatenate(
+        [rng.choice(b, 200, replace=False) + rng.integers(20, 50, 200) for b in bigs]
+        + [rng.choice(duration, 150, replace=False)]
+    )
+    independent = np.sort(rng.choice(duration, 2000, replace=False))
+    times = np.concatenate(bigs + [residue, independent])
+    units = np.repeat(np.arange(6), [b.size for b in bigs] + [residue.size, independent.size])
+    amps = np.ones(times.size)
+    size = [50.0, 40.0, 30.0, 20.0, 5.0, 6.0]
+    kwargs = dict(n_units=6, duration_s=300.0, sample_index=times, shared_window_samples=60,
+                  max_shared_fraction=0.3, unit_size=size)
+    one = select_units(units, amps, **kwargs)
+    assert one.alive.all()  # no single big unit holds 30 % of the residues
+    together = select_units(units, amps, shared_min_z=4.0, **kwargs)
+    assert together.alive.tolist() == [True] * 4 + [True, True]
+    kept = together.keep_spike
+    # the residues' own (chance) spikes stay, nearly all riding ones go
+    assert (~kept[units == 4][:800]).mean() > 0.95
+    assert together.n_spikes[4] < 200
+    assert kept[units == 5].all() and kept[units < 4].all()
+    riding, partner, fraction = shared_spikes(
+        times, units, np.ones(6, bool), window_samples=60, max_shared_fraction=0.3, size=size,
+        min_z=4.0,
+    )
+    assert fraction[4] > 0.75 and partner[4] in (0, 1, 2, 3)
+    assert fraction[5] == 0.0 and partner[5] == -1
+    with pytest.raises(ValueError, match="min_z must be > 0"):
+        shared_spikes(times, units, np.ones(6, bool), window_samples=60,
+                      max_shared_fraction=0.3, min_z=0.0)
