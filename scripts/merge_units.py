@@ -135,6 +135,7 @@ if merge_cfg["split"] and len(templates):
         spikes["unit_index"][eligible],
         unit_features,
         amplitudes=spikes["amplitude"][eligible] if merge_cfg["split_amplitude"] else None,
+        amplitude_bounds=(float(dec["amplitude_min"]), float(dec["amplitude_max"])),
         n_units=len(templates),
         n_samples=int(spec["n_samples"]),
         bin_samples=max(1, ms_to_samples(1000.0 * merge_cfg["bin_s"], rate_hz)),
@@ -166,7 +167,26 @@ if merge_cfg["split"] and len(templates):
             log.info("unit %d cut from unit %d on its %s: %d and %d spikes, bimodality %.1f, "
                      "overlap in time %.2f x chance (z %.1f)", cut.new, cut.unit, cut.on, cut.n_new,
                      cut.n_kept, cut.score, cut.overlap_ratio, cut.complementarity_z)
+        n_before = len(templates)
         templates = np.concatenate([templates, new_templates])
+        # A cut on amplitude leaves both parts' amplitudes scaled against the
+        # parent's template (the weaker neuron's at ~0.8, the stronger's at
+        # ~1.2). Each part's amplitudes are rescaled to their median, and the
+        # part that kept the parent's template takes it at that scale (a new
+        # part's template is its spikes' mean already), so that the
+        # noise-template test (median amplitude) judges each part against its
+        # own template, not its parent's.
+        for unit in sorted({u for c in cuts if c.on == "amplitude" for u in (c.unit, c.new)}):
+            mine = spikes["unit_index"] == unit
+            if not mine.any():
+                continue
+            scale = float(np.median(spikes["amplitude"][mine]))
+            if not dec["amplitude_min"] * 1.001 < scale < dec["amplitude_max"] * 0.999:
+                continue  # a pile of fits censored at a bound: no neuron of its own
+            spikes["amplitude"][mine] /= scale
+            if unit < n_before:
+                templates[unit] *= scale
+            log.info("unit %d: amplitudes rescaled by 1/%.2f after the cut on amplitude", unit, scale)
     os.close(fd)
     del labels, root_of_row, eligible
     log.info("%d cuts: %d units", len(cuts), len(templates))

@@ -19,7 +19,9 @@ every deconvolved spike) form two groups. A unit is cut in two when
 
 When the features give no such cut, the spikes' matched amplitudes (the
 scale of the template each spike was subtracted with) are tested the same
-way, on their logarithm. Two neighbours of one shape at different distances
+way, on their logarithm: as they are, then, if that gives no cut, without
+those on the fitting bounds (censored fits pile up there and the pile's
+edge hides the valley between two neurons). Two neighbours of one shape at different distances
 from the probe (cosine ~0.96, amplitudes 1.4 x apart) overlap in the
 features' leading components, whose directions the noise and collisions
 share, yet their amplitudes form two clear modes; the same size and time
@@ -86,13 +88,29 @@ def _two_way_cut(
     return score, values > cut
 
 
-def _amplitude_cut(amplitudes: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.bool_]] | None:
-    """Bimodality score of the log amplitudes and the side of each spike."""
+def _amplitude_cut(
+    amplitudes: npt.NDArray[np.float64], bounds: tuple[float, float] | None = None
+) -> tuple[float, npt.NDArray[np.bool_]] | None:
+    """Bimodality score of the log amplitudes and the side of each spike.
+
+    Amplitudes at the fitting bounds (``bounds``: the scaling range matching
+    allowed) are censored values, not measurements: the spikes whose best
+    scaling lay beyond a bound pile up on it, and that spike of density
+    passes for a mode of its own. With ``bounds`` they are left out of the
+    test and go to the side of the cut their bound lies on. (Tested as they
+    are first, a pile big enough to be a part is cut off: matches that
+    wanted a smaller template, which the noise-template test then removes.)
+    """
     positive = amplitudes > 0
-    if positive.sum() < 4:
+    inside = positive.copy()
+    if bounds is not None:
+        low, high = bounds
+        inside &= (amplitudes > low * (1.0 + 1e-6)) & (amplitudes < high * (1.0 - 1e-6))
+    if inside.sum() < 4:
         return None
-    values = np.log(np.where(positive, amplitudes, amplitudes[positive].min()))
-    score, cut = bimodality_score(values)
+    floor = amplitudes[positive].min()
+    values = np.log(np.where(positive, amplitudes, floor))
+    score, cut = bimodality_score(values[inside])
     if not np.isfinite(cut):
         return None
     return score, values > cut
@@ -104,6 +122,7 @@ def split_units(
     features: npt.ArrayLike,
     *,
     amplitudes: npt.ArrayLike | None = None,
+    amplitude_bounds: tuple[float, float] | None = None,
     n_units: int,
     n_samples: int,
     bin_samples: int,
@@ -129,6 +148,9 @@ def split_units(
     amplitudes : array_like of float, shape (n_spikes,), optional
         Each spike's matched amplitude; when given, a unit the features do
         not cut is tested on its log amplitudes (module docstring).
+    amplitude_bounds : (float, float), optional
+        The scaling range the amplitudes were fitted in: amplitudes on a
+        bound are censored and left out of the amplitude test.
     n_units : int
     n_samples, bin_samples : int
         Recording length and the time bin of the complementarity test.
@@ -199,13 +221,14 @@ def split_units(
         if depth >= max_depth or members.size < 2 * min_part:
             continue
         found = None
-        for attempt in ("features", "amplitude"):
+        for attempt in ("features", "amplitude", "amplitude inside the bounds"):
             if attempt == "features":
                 cut = _two_way_cut(unit_features(unit, members), n_dims=n_dims, seed=seed)
-            elif amp is not None:
-                cut = _amplitude_cut(amp[members])
-            else:
+            elif amp is None or (attempt != "amplitude" and amplitude_bounds is None):
                 cut = None
+            else:
+                bounds = amplitude_bounds if attempt != "amplitude" else None
+                cut = _amplitude_cut(amp[members], bounds)
             if cut is None:
                 continue
             score, side = cut
@@ -218,7 +241,7 @@ def split_units(
             ratio, z = time_overlap(counts_a, counts_b, fraction)
             if ratio <= max_overlap_ratio and z <= max_complementarity_z:
                 continue  # pieces taking turns in time: one drifting neuron
-            found = (attempt, score, side, n_high, ratio, z)
+            found = (attempt.split()[0], score, side, n_high, ratio, z)
             break
         if found is None:
             continue

@@ -113,6 +113,31 @@ def test_two_neurons_apart_only_in_amplitude_are_cut_on_amplitude():
                        **SETTINGS)[2] == ()
 
 
+def test_amplitudes_piled_on_the_fitting_bound_are_no_mode():
+    # Two neighbours (scalings 0.83 and 1.25 of the unit's template) and 40
+    # weak spikes whose best scaling lay below the allowed 0.6: clamped there,
+    # they form a spike of density that the valley test takes for a mode and
+    # cuts off (40 spikes: too small a part, so nothing is cut). Left out as
+    # censored values, the two neurons are cut apart.
+    rng = np.random.default_rng(9)
+    amplitudes = np.r_[_lognormal(rng, 800, 0.83, sd=0.1), _lognormal(rng, 700, 1.25, sd=0.08),
+                       np.full(40, 0.6)]
+    amplitudes = np.clip(amplitudes, 0.6, 1.6)
+    truth = np.r_[np.zeros(800, int), np.ones(700, int), np.zeros(40, int)]
+    n = amplitudes.size
+    times = np.concatenate([_times(rng, 800), _times(rng, 700), _times(rng, 40)])
+    features = _features(rng, n, rng.standard_normal((3, 10)) * 3)
+    unbounded = split_units(times, np.zeros(n, int), features, n_units=1, amplitudes=amplitudes,
+                            **SETTINGS)
+    assert unbounded[2] == ()
+    labels, _, cuts = split_units(times, np.zeros(n, int), features, n_units=1,
+                                  amplitudes=amplitudes, amplitude_bounds=(0.6, 1.6), **SETTINGS)
+    assert len(cuts) == 1 and cuts[0].on == "amplitude"
+    high = labels[truth == 1] == labels[800]
+    assert np.mean(labels[truth == 0] != labels[800]) > 0.95 and np.mean(high) > 0.95
+    assert (labels[-40:] == labels[0]).all() or (labels[-40:] != labels[800]).all()
+
+
 def test_amplitude_modes_taking_turns_in_time_are_not_cut():
     # A drifting neuron: its amplitude steps from 1.0 to 1.4 halfway through.
     rng = np.random.default_rng(6)
