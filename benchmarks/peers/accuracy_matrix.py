@@ -462,6 +462,17 @@ def _band_cell(well: int, n: int, mean: float) -> str:
     return "–" if n == 0 else f"{well}/{n} · {mean:.2f}"
 
 
+#: What a look at a missed unit found (recording, ground-truth unit) -> why; shown in
+#: the missed-units table. Measured on shardsort's sorting of that recording.
+WHY = {
+    ("si64_s612", 13): (
+        "its unit holds 653 of its 663 spikes and 184 others, 183 of them within 3 ms of "
+        "other units' spikes (collision residues spread over several units, none a partner "
+        "of the riding test), at median amplitude 0.73 against its own spikes' 1.01"
+    ),
+}
+
+
 def missed_table(rows: list[dict]) -> str:
     missed = missed_mid_snr(rows)
     if not missed:
@@ -474,7 +485,8 @@ def missed_table(rows: list[dict]) -> str:
         f"| {m['recording']}{' (held out)' if m['held_out'] else ''} | {m['gt_unit']} | "
         f"{m['snr']:.2f} | "
         + ", ".join(f"{p} {a:.2f}" for p, a in m["peers"].items())
-        + f" | {m['accuracy']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | {m['hint']} | |"
+        + f" | {m['accuracy']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | {m['hint']} | "
+        + WHY.get((m["recording"], int(m["gt_unit"])), "") + " |"
         for m in missed
     ) + "\n"
 
