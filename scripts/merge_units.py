@@ -52,7 +52,10 @@ dec = snakemake.params.deconvolve
 unit_mapping = np.arange(len(templates))
 rate_hz = float(spec["sampling_rate_hz"])
 merge_cfg = snakemake.params.merge
-if merge_cfg["enabled"] and len(templates) > 1:
+def join_pieces(spikes, source, templates, when):
+    """Merge the units that are pieces of one neuron; returns the spikes (unit
+    indices mapped, times shifted, re-sorted), their sources, the templates and
+    the mapping from the units given to the merged ones."""
     merged = merge_units(
         spikes["sample_index"],
         spikes["unit_index"],
@@ -75,9 +78,9 @@ if merge_cfg["enabled"] and len(templates) > 1:
     )
     for d in merged.decisions:
         log.info(
-            "unit %d merged into unit %d (%s): cosine %.3f, lag %d, overlap %.2f x chance "
+            "unit %d merged into unit %d %s (%s): cosine %.3f, lag %d, overlap %.2f x chance "
             "(z %.1f), refractory violations %d (expected %.1f)",
-            d.absorbed, d.kept, d.reason, d.cosine, d.lag_samples, d.overlap_ratio,
+            d.absorbed, d.kept, when, d.reason, d.cosine, d.lag_samples, d.overlap_ratio,
             d.complementarity_z, d.observed, d.expected,
         )
     spikes["sample_index"] = np.clip(
@@ -86,15 +89,20 @@ if merge_cfg["enabled"] and len(templates) > 1:
     spikes["unit_index"] = merged.mapping[spikes["unit_index"]]
     order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
     spikes, source = spikes[order], source[order]
-    del order
-    templates = merged.templates
-    unit_mapping = merged.mapping
-    log.info("%d merges: %d units -> %d", len(merged.decisions), len(tpl["templates"]), len(templates))
+    log.info("%d merges %s: %d units -> %d", len(merged.decisions), when, len(templates),
+             len(merged.templates))
+    return spikes, source, merged.templates, merged.mapping
+
+
+if merge_cfg["enabled"] and len(templates) > 1:
+    spikes, source, templates, unit_mapping = join_pieces(spikes, source, templates,
+                                                         "before the cuts")
 
 # Units holding two neurons' spikes (neighbours of similar shape joined by the
 # template merge) are cut in two on their spikes' features; units just made of
 # pieces of one neuron are not.
 parent = np.arange(len(templates))
+cuts = ()
 if merge_cfg["split"] and len(templates):
     absorbed_any = np.bincount(unit_mapping, minlength=len(templates)) > 1
     candidates = np.where(absorbed_any[spikes["unit_index"]], -1, spikes["unit_index"])
@@ -204,6 +212,14 @@ noise_matches = np.bincount(unit_mapping, weights=noise_matches, minlength=len(p
 unit_counts = np.bincount(spikes["unit_index"], minlength=len(templates))
 family = np.bincount(parent, weights=unit_counts, minlength=len(parent))
 noise_matches = noise_matches[parent] * unit_counts / np.maximum(family[parent], 1)
+# A unit that held two neurons' spikes could not be joined to another piece
+# of one of them (the other neuron's spikes broke the refractory test); cut,
+# its parts are tried again.
+if merge_cfg["enabled"] and merge_cfg["split"] and cuts and len(templates) > 1:
+    spikes, source, templates, after_cuts = join_pieces(spikes, source, templates,
+                                                        "after the cuts")
+    noise_matches = np.bincount(after_cuts, weights=noise_matches, minlength=len(templates))
+    unit_counts = np.bincount(spikes["unit_index"], minlength=len(templates))
 for unit in range(len(templates)):
     log.info("unit %d: %d spikes, %.1f expected from noise alone at its threshold",
              unit, unit_counts[unit], noise_matches[unit])

@@ -148,3 +148,44 @@ def test_bad_arguments_are_named():
         merge_units(np.array([1]), np.array([3]), np.stack([_template(6)] * 2), POSITIONS, **SETTINGS)
     with pytest.raises(ValueError, match="positions_um must have shape"):
         merge_units(np.array([1]), np.array([0]), np.stack([_template(6)] * 2), POSITIONS[:4], **SETTINGS)
+
+
+def test_a_piece_joins_its_neuron_once_a_neighbour_is_cut_off_it():
+    """Neuron X is split over units 0 and 1; unit 0 also holds neighbour Y's
+    spikes (amplitude 0.7 of X's). Y's spikes come within a refractory period
+    of X's as independent trains do, so units 0 and 1 are not merged; cut on
+    amplitude (shardsort.unitsplit), the part of X merges with unit 1 (what
+    merge_units' second pass does)."""
+    from shardsort.unitsplit import split_units
+
+    rng = np.random.default_rng(12)
+    x = _train(rng, 12.0)
+    y = _train(rng, 10.0)
+    x_in_0 = rng.random(x.size) < 0.4
+    times = np.concatenate([x[x_in_0], y, x[~x_in_0]])
+    units = np.repeat([0, 0, 1], [x_in_0.sum(), y.size, (~x_in_0).sum()])
+    amps = np.concatenate([1.0 + 0.05 * rng.standard_normal(x_in_0.sum()),
+                           0.7 + 0.05 * rng.standard_normal(y.size),
+                           1.0 + 0.05 * rng.standard_normal((~x_in_0).sum())])
+    order = np.argsort(times, kind="stable")
+    times, units, amps = times[order], units[order], amps[order]
+    is_y = np.isin(times, y) & (units == 0)
+    templates = np.stack([_template(5), _template(5)])
+    before, _ = _run(times, units, templates)
+    assert before.decisions == ()  # Y's violations keep 0 and 1 apart
+    features = np.zeros((times.size, 3, 4))  # the features carry nothing
+    labels, parent, cuts = split_units(
+        times, units, features, amplitudes=amps, amplitude_bounds=(0.6, 1.6), n_units=2,
+        n_samples=N_SAMPLES, bin_samples=int(2 * RATE), min_part=50, split_threshold=2.25,
+        max_overlap_ratio=0.5, max_complementarity_z=-5.0,
+    )
+    assert len(cuts) == 1 and cuts[0].unit == 0 and cuts[0].on == "amplitude"
+    y_label = int(np.bincount(labels[is_y]).argmax())
+    x_part = ({0, cuts[0].new} - {y_label}).pop()
+    assert np.mean(labels[is_y] == y_label) > 0.95
+    assert np.mean(labels[~is_y & (units == 0)] == x_part) > 0.95
+    scales = np.ones(3)
+    scales[y_label] = 0.7
+    after, _ = _run(times, labels, templates[[0, 1, 0]] * scales[:, None, None].astype(np.float32))
+    assert len(after.decisions) == 1
+    assert after.mapping[x_part] == after.mapping[1] != after.mapping[y_label]
