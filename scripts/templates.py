@@ -5,7 +5,7 @@ import numpy as np
 
 from shardsort.deconvolve import prepare_templates
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, read_packed_rows, write_h5, write_npz
+from shardsort.jobs import job_logger, read_packed_rows, write_h5, write_npz
 from shardsort.templates import (
     align_templates,
     clean_templates,
@@ -14,7 +14,7 @@ from shardsort.templates import (
     noise_factors,
     noise_lag_correlation,
     reduce_templates,
-    refractory_conflicts,
+    refractory_conflicts_in_blocks,
     sample_noise_windows,
     sparsify_templates,
     template_peak_channels,
@@ -24,6 +24,8 @@ from shardsort.workflow import ms_to_samples, waveform_samples
 
 #: Float64 sums held at a time while reducing the chunks' template sums.
 REDUCE_BLOCK_BYTES = 64e6
+#: Spikes read at a time for the refractory test (the table is never held whole).
+SPIKE_BLOCK = 1_000_000
 #: Background-noise windows drawn per noise segment.
 NOISE_WINDOWS = 250
 
@@ -125,18 +127,26 @@ dropped["min_snr"] = weak
 #    but never two clusters whose spike trains show they are two neurons.
 kept_index = np.full(n_clusters + 1, -1, dtype=np.int64)  # last entry: label -1
 kept_index[kept] = np.arange(len(kept))
-with h5py.File(snakemake.input.spikes, "r") as f:  # one column, not the whole table
-    sample_index = f["peaks"].fields("sample_index")[()]
-labels = read_h5(snakemake.input.clusters, keys=["labels"])["labels"]
 min_lag_ms, max_lag_ms = cfg["merge_refractory_ms"]
-observed, expected = refractory_conflicts(
-    sample_index,
-    kept_index[labels],
-    len(kept),
-    duration_samples=int(spec["n_samples"]),
-    min_lag_samples=ms_to_samples(min_lag_ms, rate),
-    max_lag_samples=ms_to_samples(max_lag_ms, rate),
-)
+with h5py.File(snakemake.input.spikes, "r") as fs, h5py.File(snakemake.input.clusters, "r") as fc:
+    peaks, labels = fs["peaks"], fc["labels"]
+    if len(peaks) != len(labels):
+        raise ValueError(f"{snakemake.input.clusters}: {len(labels)} labels for "
+                         f"{len(peaks)} spikes in {snakemake.input.spikes}")
+
+    def spike_blocks():
+        """(sample_index, kept cluster) of the time-ordered spikes, a block at a time."""
+        for lo in range(0, len(peaks), SPIKE_BLOCK):
+            hi = min(lo + SPIKE_BLOCK, len(peaks))
+            yield peaks.fields("sample_index")[lo:hi], kept_index[labels[lo:hi]]
+
+    observed, expected = refractory_conflicts_in_blocks(
+        spike_blocks(),
+        len(kept),
+        duration_samples=int(spec["n_samples"]),
+        min_lag_samples=ms_to_samples(min_lag_ms, rate),
+        max_lag_samples=ms_to_samples(max_lag_ms, rate),
+    )
 distinct = (
     (expected >= cfg["merge_min_expected"])
     & (observed >= cfg["merge_min_violations"])

@@ -842,6 +842,7 @@ def refractory_conflicts(
     duration_samples: int,
     min_lag_samples: int,
     max_lag_samples: int,
+    block_spikes: int | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Spike pairs of two units closer than a refractory period, and how many
     independent firing would give.
@@ -864,6 +865,9 @@ def refractory_conflicts(
         Length of the recording (> 0).
     min_lag_samples, max_lag_samples : int
         Lags counted: ``min_lag <= |t_a - t_b| <= max_lag`` (0 <= min <= max).
+    block_spikes : int, optional
+        Count the pairs this many time-ordered spikes at a time (default: all
+        at once); the counts do not depend on it.
 
     Returns
     -------
@@ -890,23 +894,84 @@ def refractory_conflicts(
     valid = units >= 0
     order = np.lexsort((units[valid], times[valid]))
     times, units = times[valid][order], units[valid][order]
-    codes = []
-    # Pairs (i, i + k) in time order: k grows until no pair is close enough.
-    for k in range(1, times.size):
-        lag = times[k:] - times[:-k]
-        close = lag <= max_lag_samples
-        if not close.any():
-            break
-        hit = close & (lag >= min_lag_samples)
-        a, b = units[:-k][hit], units[k:][hit]
-        codes.append(np.minimum(a, b) * n_units + np.maximum(a, b))
+    block = max(1, int(times.size)) if block_spikes is None else int(block_spikes)
+    blocks = ((times[i : i + block], units[i : i + block]) for i in range(0, times.size, block))
+    return refractory_conflicts_in_blocks(
+        blocks, n_units, duration_samples=duration_samples,
+        min_lag_samples=min_lag_samples, max_lag_samples=max_lag_samples,
+    )
+
+
+def refractory_conflicts_in_blocks(
+    blocks: Iterable[tuple[npt.ArrayLike, npt.ArrayLike]],
+    n_units: int,
+    *,
+    duration_samples: int,
+    min_lag_samples: int,
+    max_lag_samples: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """:func:`refractory_conflicts` over a time-ordered spike table read a
+    block at a time: memory follows the block, not the recording.
+
+    ``blocks`` yields ``(sample_index, labels)`` pairs whose samples never
+    decrease, within a block or from one block to the next (ties in any
+    order); negative labels are ignored. The spikes of the blocks already
+    seen that lie within ``max_lag_samples`` of the last one are carried over,
+    so every pair is counted once whatever the block sizes.
+    """
+    if duration_samples <= 0:
+        raise ValueError(f"duration_samples must be > 0, got {duration_samples}")
+    if not 0 <= min_lag_samples <= max_lag_samples:
+        raise ValueError(
+            f"lags must satisfy 0 <= min_lag_samples <= max_lag_samples, got "
+            f"{min_lag_samples} and {max_lag_samples}"
+        )
     observed = np.zeros((n_units, n_units), dtype=np.int64)
-    if codes:
-        code, count = np.unique(np.concatenate(codes), return_counts=True)
-        observed[code // n_units, code % n_units] = count
+    counts = np.zeros(n_units, dtype=np.int64)
+    tail_times = np.zeros(0, dtype=np.int64)
+    tail_units = np.zeros(0, dtype=np.int64)
+    for block_times, block_units in blocks:
+        block_times = np.asarray(block_times, dtype=np.int64)
+        block_units = np.asarray(block_units, dtype=np.int64)
+        if block_times.shape != block_units.shape or block_times.ndim != 1:
+            raise ValueError(
+                f"sample_index {block_times.shape} and labels {block_units.shape} of a block "
+                "must be 1-D of one length"
+            )
+        if block_units.size and block_units.max() >= n_units:
+            raise ValueError(f"labels must be < n_units={n_units}, got {block_units.max()}")
+        if block_times.size and (
+            np.any(np.diff(block_times) < 0)
+            or (tail_times.size and block_times[0] < tail_times[-1])
+        ):
+            raise ValueError("sample_index must not decrease from one spike to the next")
+        keep = block_units >= 0
+        block_times, block_units = block_times[keep], block_units[keep]
+        counts += np.bincount(block_units, minlength=n_units)
+        n_tail = tail_times.size
+        times = np.concatenate([tail_times, block_times])
+        units = np.concatenate([tail_units, block_units])
+        codes = []
+        # Pairs (i, i + k) in time order with i + k in this block: k grows
+        # until no pair is close enough.
+        for k in range(1, times.size):
+            first = max(0, n_tail - k)
+            lag = times[first + k :] - times[first : times.size - k]
+            close = lag <= max_lag_samples
+            if not close.any():  # every later spike's lags only grow with k
+                break
+            hit = close & (lag >= min_lag_samples)
+            a, b = units[first : times.size - k][hit], units[first + k :][hit]
+            codes.append(np.minimum(a, b) * n_units + np.maximum(a, b))
+        if codes:
+            code, count = np.unique(np.concatenate(codes), return_counts=True)
+            np.add.at(observed, (code // n_units, code % n_units), count)
+        if times.size:
+            recent = times >= times[-1] - max_lag_samples
+            tail_times, tail_units = times[recent], units[recent]
     observed = observed + observed.T
     np.fill_diagonal(observed, 0)
-    counts = np.bincount(units, minlength=n_units).astype(np.float64)
+    counts = counts.astype(np.float64)
     width = 2.0 * (max_lag_samples - min_lag_samples + 1)
     expected = np.outer(counts, counts) * width / float(duration_samples)
     np.fill_diagonal(expected, 0.0)

@@ -548,6 +548,45 @@ def test_refractory_conflicts_tell_two_neurons_from_two_pieces_of_one():
                              min_lag_samples=0, max_lag_samples=4)
 
 
+def test_refractory_conflicts_in_blocks_equal_the_whole_table():
+    from shardsort.templates import refractory_conflicts, refractory_conflicts_in_blocks
+
+    rng = np.random.default_rng(11)
+    # dense bursts (many spikes within max_lag, ties included) and quiet stretches
+    times = np.sort(np.concatenate([
+        rng.integers(0, 200_000, 3_000),
+        rng.integers(50_000, 50_200, 400),  # a burst longer than any small block
+        np.full(20, 120_000),
+    ]))
+    labels = rng.integers(-1, 9, times.size)
+    kwargs = dict(duration_samples=200_000, min_lag_samples=3, max_lag_samples=45)
+    whole_obs, whole_exp = refractory_conflicts(times, labels, 9, **kwargs)
+    assert whole_obs.sum() > 1_000  # the bursts give many pairs to count
+    # brute force on a subset: every pair once
+    sub = slice(0, 600)
+    t, u = times[sub], labels[sub]
+    lag = np.abs(t[:, None] - t[None, :])
+    close = np.triu((lag >= 3) & (lag <= 45), 1) & (u[:, None] >= 0) & (u[None, :] >= 0)
+    brute = np.zeros((9, 9), dtype=np.int64)
+    np.add.at(brute, (u[:, None].repeat(t.size, 1)[close], u[None, :].repeat(t.size, 0)[close]), 1)
+    brute = brute + brute.T
+    np.fill_diagonal(brute, 0)
+    np.testing.assert_array_equal(refractory_conflicts(t, u, 9, **kwargs)[0], brute)
+    for block in (1, 7, 256, 1_000, times.size + 5):
+        obs, exp = refractory_conflicts(times, labels, 9, block_spikes=block, **kwargs)
+        np.testing.assert_array_equal(obs, whole_obs)
+        np.testing.assert_array_equal(exp, whole_exp)
+        # the same from a generator of time-ordered blocks (as scripts/templates.py reads them)
+        gen = ((times[i : i + block], labels[i : i + block]) for i in range(0, times.size, block))
+        obs, _ = refractory_conflicts_in_blocks(gen, 9, **kwargs)
+        np.testing.assert_array_equal(obs, whole_obs)
+    with pytest.raises(ValueError, match="must not decrease"):
+        refractory_conflicts_in_blocks([(times[::-1], labels)], 9, **kwargs)
+    with pytest.raises(ValueError, match="must not decrease"):
+        refractory_conflicts_in_blocks([(times[500:], labels[500:]), (times[:500], labels[:500])],
+                                       9, **kwargs)
+
+
 def test_merge_never_joins_pairs_known_to_be_distinct():
     from shardsort.templates import merge_similar_templates
 
