@@ -626,11 +626,14 @@ def _similarity_and_lags(
         flat_norms[j : j + len(block)] = np.sqrt((block**2).sum(axis=(1, 2)))
     best = np.full((n_units, n_units), -np.inf)
     lags = np.zeros((n_units, n_units), dtype=np.int64)
+    # Row views of one flat array: a lag's head and tail are column ranges of
+    # it (no copy of the stack per lag; the products see the same values).
+    flat = np.ascontiguousarray(templates).reshape(n_units, n_times * n_channels)
     for lag in range(max_shift_samples + 1):
         # gram[i, j] = sum_t <templates[i, t], templates[j, t + lag]>
         width = (n_times - lag) * n_channels
-        head = templates[:, : n_times - lag].reshape(n_units, width)
-        tail = templates[:, lag:].reshape(n_units, width)
+        head = flat[:, :width]
+        tail = flat[:, lag * n_channels :]
         gram = head @ tail.T
         for value, signed_lag in ((gram, lag), (gram.T, -lag)):
             better = value > best
