@@ -47,3 +47,57 @@ def test_linear_fit_and_compare_trains():
     differ = bench_long.compare_trains(a, c)
     assert not differ["identical_trains"]
     assert (differ["only_in_a"], differ["only_in_b"]) == (2, 1)
+
+
+def test_cluster_count_is_read_from_the_templates_log():
+    log = ("INFO cluster 3 dropped: too_small (12 spikes)\n"
+           "INFO 812 clusters -> 640 kept -> 171 units after merging\n")
+    assert bench_long.templates_clusters(log) == 812
+    assert bench_long.templates_clusters("no summary yet") is None
+
+
+def test_templates_memory_is_projected_through_its_clusters():
+    # clusters = 500 x minutes^0.2 exactly; RSS = 300 MB + 0.4 MB per cluster
+    minutes = [2.0, 5.0, 15.0]
+    clusters = [round(500 * m**0.2) for m in minutes]
+    rss = [300 + 0.4 * c for c in clusters]
+    a, p = bench_long.power_fit(minutes, clusters)
+    assert p == pytest.approx(0.2, abs=2e-3) and a == pytest.approx(500, rel=1e-2)
+    row = bench_long._templates_by_clusters(minutes, clusters, rss, 120.0)
+    assert row["projected_clusters"] == pytest.approx(500 * 120**0.2, rel=1e-2)
+    assert row["projected"] == pytest.approx(300 + 0.4 * 500 * 120**0.2, rel=1e-2)
+    assert row["mb_per_100_clusters"] == pytest.approx(40, rel=1e-2)
+    # never below the largest measured; one duration: no fit
+    flat = bench_long._templates_by_clusters(minutes, clusters, [900, 500, 400], 120.0)
+    assert flat["projected"] >= 900
+    assert bench_long._templates_by_clusters([5.0], [700], [600], 120.0) is None
+
+
+def test_the_global_memory_check_judges_the_cluster_fit_and_reliable_rules_only():
+    rule = {"kind": "global", "global": True, "n_jobs": 1, "sum_s": 1.0}
+
+    def run(minutes, clusters, templates_mb, short_mb):
+        return {"probe": 384, "recording": f"r{minutes}", "minutes": minutes,
+                "n_spikes": 1e5 * minutes,
+                "n_clusters": clusters, "wall/duration": 1.0, "cpu/duration": 1.5,
+                "peak_disk_GB": minutes, "peak_disk_x_raw": 0.7, "dry_run_s": 2.0,
+                "n_jobs": 10 * minutes, "smk_main_peak_rss_MB": 200.0, "load_avg": 1.0,
+                "budget_MB": 2000, "dag_s": 0.5, "smk_cpu_share": 0.01, "no_job_share": 0.01,
+                "rules": [{**rule, "rule": "templates", "max_rss_MB": templates_mb,
+                           "max_job_s": 10.0, "rss_reliable": True},
+                          {**rule, "rule": "whitening", "max_rss_MB": short_mb,
+                           "max_job_s": 0.2, "rss_reliable": False}]}
+
+    # templates grows fast in duration between 2 and 5 min (clusters jump), then
+    # flattens: linear in duration it passes 1 GB, through the clusters it does not.
+    runs = [run(2, 670, 600, 3), run(5, 790, 650, 3), run(15, 900, 690, 120)]
+    projection = bench_long.projection_rows(runs)
+    by_what = {p["what"]: p for p in projection}
+    assert by_what["rule templates"]["projected"] > 1000
+    assert not by_what["rule templates"]["checked"]
+    assert by_what["rule templates (clusters)"]["projected"] < 1000
+    assert by_what["rule whitening"]["projected"] > 1000  # a 0.2-s job's RSS: noise
+    checks = bench_long.check_rows(runs, bench_long.rule_rows(runs), projection, [])
+    memory = next(c for c in checks if c["check"].startswith("no global job above 1 GB"))
+    assert memory["pass"] is True and "templates (clusters)" in memory["detail"]
+    assert "whitening" in memory["detail"]
