@@ -503,6 +503,13 @@ def measure_probe(ctx: Context, n_channels: int, minutes: tuple[float, ...], *,
             continue
         done.add(used)
         name = f"long{n_channels}_{used:g}min"
+        workdir = work / name
+        check = requested == check_at
+        saved = workdir / "run.json"
+        if ctx.reuse and saved.exists() and not check:  # no recording needed
+            ctx.log(f"long: reusing {saved}")
+            runs.append(json.loads(saved.read_text()))
+            continue
         ctx.log(f"long: generating {name}" + (f" ({note})" if note else ""))
         t0 = time.perf_counter()
         recording = generate_recording(
@@ -511,14 +518,13 @@ def measure_probe(ctx: Context, n_channels: int, minutes: tuple[float, ...], *,
             synth={"drift_um": DRIFT_UM},
         )
         generation_s = time.perf_counter() - t0
-        workdir = work / name
-        check = requested == check_at
         # A reused sort's spike trains are gone: the check needs a fresh one.
         fresh = check and not _chunk_check_saved(workdir, chunk_mb, ctx)
         try:
             run = measure(ctx, recording, workdir, reuse=ctx.reuse and not fresh)
             run.update(requested_minutes=requested, disk_note=note,
                        generation_s=generation_s)
+            saved.write_text(json.dumps(run, indent=1, default=float))
             runs.append(run)
             if check:
                 checks.append(_chunk_check(ctx, recording, workdir, run, chunk_mb))
