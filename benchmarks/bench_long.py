@@ -508,7 +508,10 @@ def measure_probe(ctx: Context, n_channels: int, minutes: tuple[float, ...], *,
         saved = workdir / "run.json"
         if ctx.reuse and saved.exists() and not check:  # no recording needed
             ctx.log(f"long: reusing {saved}")
-            runs.append(json.loads(saved.read_text()))
+            run = json.loads(saved.read_text())
+            if run.get("n_clusters") is None:  # saved before the count was recorded
+                run["n_clusters"] = _clusters(workdir / "results" / name)
+            runs.append(run)
             continue
         ctx.log(f"long: generating {name}" + (f" ({note})" if note else ""))
         t0 = time.perf_counter()
