@@ -513,3 +513,29 @@ def single_scheduler_timer() -> bool:
     JobScheduler._schedule_reevalutation = schedule_reevaluation
     JobScheduler._shardsort_single_timer = True
     return True
+
+
+#: Seconds between two memory/CPU samples of a running job (``benchmark:``).
+BENCHMARK_SAMPLE_S = 1.0
+
+
+def benchmark_sampling(interval_s: float = BENCHMARK_SAMPLE_S) -> bool:
+    """Sample running jobs for their ``benchmark:`` files every ``interval_s``.
+
+    Snakemake 9 samples each job every 0.5 s for its first 30 samples (then
+    every 30 s), each sample a new timer thread in the main process that walks
+    the job's process tree and parses its ``smaps_rollup``: on a 384-channel
+    sort about half of the main process's CPU (py-spy, 259 jobs of 1-9 s). At
+    one sample a second the peak memory of jobs longer than a second is still
+    seen (jobs shorter than that were never reliably sampled). Returns whether
+    the interval was set (not when this Snakemake has no such setting).
+    """
+    try:
+        import snakemake.benchmark as benchmark
+    except ImportError:
+        return False
+    if not hasattr(benchmark, "BENCHMARK_INTERVAL_SHORT"):
+        return False
+    benchmark.BENCHMARK_INTERVAL_SHORT = float(interval_s)
+    return True
+

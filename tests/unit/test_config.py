@@ -261,6 +261,23 @@ def test_recording_shorter_than_a_waveform_window_is_refused(config, tmp_path, n
         load_context(config)
 
 
+def test_running_jobs_are_sampled_once_a_second():
+    import snakemake.benchmark as benchmark
+
+    from shardsort.workflow import BENCHMARK_SAMPLE_S, benchmark_sampling
+
+    assert benchmark_sampling()
+    assert benchmark.BENCHMARK_INTERVAL_SHORT == BENCHMARK_SAMPLE_S == 1.0
+    # the timer reads the module's setting when it arms its next tick
+    timer = benchmark.ScheduledPeriodicTimer(30)
+    timer.work = lambda: None
+    timer.start()
+    try:
+        assert timer._timer.interval == 1.0
+    finally:
+        timer.cancel()
+
+
 def test_the_scheduler_keeps_one_pending_wakeup():
     """Repeated re-evaluation requests start one (daemon) timer, not one each."""
     import threading
