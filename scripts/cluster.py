@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 
 from shardsort.cluster import cluster_spikes
-from shardsort.jobs import job_logger, write_npz
+from shardsort.jobs import job_logger, read_h5_rows, write_npz
 
 log = job_logger(snakemake)
 group = snakemake.params.group
@@ -16,7 +16,8 @@ with h5py.File(snakemake.input.spikes, "r") as f:
     if "collided" in f:
         wanted &= ~f["collided"][()].astype(bool)
     rows = np.flatnonzero(wanted)
-    features = f["features"][rows] if len(rows) else np.zeros((0,) + f["features"].shape[1:], np.float32)
+    # Block reads: h5py's point selection is quadratic in the rows (a minute for 38,000).
+    features = read_h5_rows(f["features"], rows)
 labels = cluster_spikes(
     features,
     main_channels=channels[rows],
