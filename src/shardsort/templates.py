@@ -39,6 +39,9 @@ import numpy.typing as npt
 #: snippets (about 16 MB), so memory stays flat on dense chunks.
 _GATHER_BATCH_VALUES = 4_000_000
 
+#: Spikes whose close pairs :func:`refractory_conflicts` gathers at a time.
+_CONFLICT_BLOCK_SPIKES = 1_000_000
+
 #: Names of the rejection criteria of :func:`clean_templates`, in order.
 CLEAN_REASONS = ("too_small", "too_few_spikes", "too_spread", "off_centre")
 
@@ -869,8 +872,10 @@ def refractory_conflicts(
     min_lag_samples, max_lag_samples : int
         Lags counted: ``min_lag <= |t_a - t_b| <= max_lag`` (0 <= min <= max).
     block_spikes : int, optional
-        Count the pairs this many time-ordered spikes at a time (default: all
-        at once); the counts do not depend on it.
+        Count the pairs this many time-ordered spikes at a time (default
+        1,000,000: the pairs of a long recording's spikes would otherwise be
+        gathered all at once, several per spike); the counts do not depend
+        on it.
 
     Returns
     -------
@@ -894,10 +899,14 @@ def refractory_conflicts(
         )
     if units.size and units.max() >= n_units:
         raise ValueError(f"labels must be < n_units={n_units}, got {units.max()}")
-    valid = units >= 0
-    order = np.lexsort((units[valid], times[valid]))
-    times, units = times[valid][order], units[valid][order]
-    block = max(1, int(times.size)) if block_spikes is None else int(block_spikes)
+    if times.size > 1 and not np.all(times[1:] >= times[:-1]):
+        valid = units >= 0
+        order = np.lexsort((units[valid], times[valid]))
+        times, units = times[valid][order], units[valid][order]
+    # (time-ordered already: read in place; negative labels are skipped per block)
+    block = _CONFLICT_BLOCK_SPIKES if block_spikes is None else int(block_spikes)
+    if block < 1:
+        raise ValueError(f"block_spikes must be >= 1, got {block_spikes}")
     blocks = ((times[i : i + block], units[i : i + block]) for i in range(0, times.size, block))
     return refractory_conflicts_in_blocks(
         blocks, n_units, duration_samples=duration_samples,
