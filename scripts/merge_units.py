@@ -44,6 +44,8 @@ with np.load(paths[0], allow_pickle=False) as first:
 # source: the row of every spike in the concatenated chunk files (its features).
 spikes, source = merge_event_tables(tables, keys=("sample_index", "unit_index"))
 del tables
+if len(source) < np.iinfo(np.int32).max:  # 4 bytes a spike instead of 8
+    source = source.astype(np.int32)
 
 # Pieces of one neuron (cut by drift or amplitude in clustering) are joined
 # on their spike trains before the curation judges each unit.
@@ -88,7 +90,9 @@ def join_pieces(spikes, source, templates, when):
     )
     spikes["unit_index"] = merged.mapping[spikes["unit_index"]]
     order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
-    spikes, source = spikes[order], source[order]
+    spikes = spikes[order]
+    source = source[order]
+    del order
     log.info("%d merges %s: %d units -> %d", len(merged.decisions), when, len(templates),
              len(merged.templates))
     return spikes, source, merged.templates, merged.mapping
@@ -105,9 +109,7 @@ parent = np.arange(len(templates))
 cuts = ()
 if merge_cfg["split"] and len(templates):
     absorbed_any = np.bincount(unit_mapping, minlength=len(templates)) > 1
-    candidates = np.where(absorbed_any[spikes["unit_index"]], -1, spikes["unit_index"])
-    eligible = candidates >= 0
-    del candidates
+    eligible = ~absorbed_any[spikes["unit_index"]]
     # The eligible spikes' features, grouped by unit (in spike order within a
     # unit) in a scratch file: the split reads one unit at a time.
     eligible_units = spikes["unit_index"][eligible]
@@ -118,9 +120,10 @@ if merge_cfg["split"] and len(templates):
     scratch = snakemake.output.sorting + ".features.tmp"
     fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     os.unlink(scratch)  # freed when closed, even if the job dies
-    rank = np.empty(len(eligible_units), dtype=np.int64)  # row in the scratch file
+    # row in the scratch file (int32 while the rows fit)
+    rank = np.empty(len(eligible_units), dtype=source.dtype)
     by_unit = np.argsort(eligible_units, kind="stable")
-    rank[by_unit] = np.arange(len(by_unit))
+    rank[by_unit] = np.arange(len(by_unit), dtype=rank.dtype)
     del by_unit
     for lo, values in gather_rows(lambda i: load(i, "pc_features"), sizes, source[eligible]):
         block_units = eligible_units[lo : lo + len(values)]
@@ -156,9 +159,6 @@ if merge_cfg["split"] and len(templates):
     )
     root_of_row = spikes["unit_index"][eligible]  # the unit each eligible spike was cut from
     spikes["unit_index"][eligible] = labels
-    order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
-    spikes, source = spikes[order], source[order]
-    del order
     if cuts:
         # A new unit's template: its spikes' mean waveform on the channels its
         # features were computed on (its parent's), from the temporal basis.
@@ -197,6 +197,11 @@ if merge_cfg["split"] and len(templates):
             log.info("unit %d: amplitudes rescaled by 1/%.2f after the cut on amplitude", unit, scale)
     os.close(fd)
     del labels, root_of_row, eligible
+    # Time order again (new unit indices), one array at a time.
+    order = np.lexsort((spikes["unit_index"], spikes["sample_index"]))
+    spikes = spikes[order]
+    source = source[order]
+    del order
     log.info("%d cuts: %d units", len(cuts), len(templates))
 
 # Matches pure noise gives each unit at its threshold (a merged unit: the sum

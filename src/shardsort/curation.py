@@ -85,6 +85,14 @@ def expected_noise_matches(
     return per_sample * float(n_samples)
 
 
+def _as_index(values: npt.ArrayLike) -> npt.NDArray[np.integer]:
+    """An integer array as given (int32 stays int32), else converted to int64."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iu":
+        array = array.astype(np.int64)
+    return array
+
+
 def _judge(units, amps, n_units, duration_s, min_spikes, min_rate_hz, min_median_amplitude,
            noise, max_noise_fraction):
     """Counts, rates, median amplitudes and the reason (or "") for every unit."""
@@ -92,11 +100,12 @@ def _judge(units, amps, n_units, duration_s, min_spikes, min_rate_hz, min_median
     rate = counts / float(duration_s)
     median = np.full(n_units, np.nan)
     if units.size:
-        order = np.lexsort((amps, units))
+        # Grouped by unit (an index array only); each unit's median in float64.
+        order = np.argsort(units, kind="stable")
         starts = np.r_[0, np.cumsum(counts)[:-1]]
-        sorted_amps = amps[order]
         for unit in np.flatnonzero(counts):
-            median[unit] = np.median(sorted_amps[starts[unit] : starts[unit] + counts[unit]])
+            mine = order[starts[unit] : starts[unit] + counts[unit]]
+            median[unit] = np.median(amps[mine].astype(np.float64))
     reasons = []
     for unit in range(n_units):
         if counts[unit] < min_spikes:
@@ -156,7 +165,7 @@ def shared_spikes(
         on the one larger unit sharing the most).
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = np.asarray(unit_index, dtype=np.int64)
+    units = _as_index(unit_index)
     eligible = np.asarray(eligible, dtype=bool)
     n_units = eligible.size
     counts = np.bincount(units, minlength=n_units)
@@ -166,8 +175,10 @@ def shared_spikes(
     if min_z is not None and not min_z > 0:
         raise ValueError(f"min_z must be > 0, got {min_z!r}")
     span = float(times.max() - times.min() + 1) if times.size else 1.0
-    members = [np.flatnonzero(units == unit) for unit in range(n_units)]
-    members = [m[np.argsort(times[m], kind="stable")] for m in members]
+    # Each unit's spikes in time order (ties in table order): views of one
+    # sort of the table, not one scan of it per unit.
+    by_unit = np.lexsort((times, units))
+    members = np.split(by_unit, np.cumsum(counts)[:-1]) if n_units else []
     riding = np.zeros(times.size, dtype=bool)
     partner = np.full(n_units, -1, dtype=np.int64)
     fraction = np.zeros(n_units)
@@ -255,8 +266,9 @@ def select_units(
     -------
     UnitSelection
     """
-    units = np.asarray(unit_index, dtype=np.int64)
-    amps = np.asarray(amplitude, dtype=np.float64)
+    # As given (no int64/float64 copies of a long recording's columns).
+    units = _as_index(unit_index)
+    amps = np.asarray(amplitude)
     if units.shape != amps.shape or units.ndim != 1:
         raise ValueError(
             f"unit_index and amplitude must be 1-D of one length, got shapes "

@@ -64,6 +64,9 @@ class UnitMerge:
     decisions: tuple[MergeDecision, ...] = field(default_factory=tuple)
 
 
+#: Spikes binned in time at a time (memory follows the block, not the recording).
+SPIKE_BLOCK = 1_000_000
+
 def _best_lag_cosine(
     a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], max_shift_samples: int
 ) -> tuple[float, int]:
@@ -183,7 +186,9 @@ def merge_units(
         units are numbered in the order of their lowest old index.
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = np.asarray(unit_index, dtype=np.int64)
+    units = np.asarray(unit_index)  # int32 stays int32: no copy of a long recording's column
+    if units.dtype.kind not in "iu":
+        units = units.astype(np.int64)
     tpl = np.asarray(templates, dtype=np.float64)
     positions = np.asarray(positions_um, dtype=np.float64)
     if tpl.ndim != 3:
@@ -209,9 +214,14 @@ def merge_units(
 
     # Per-unit state, updated as units merge (indexed by the surviving old index).
     edges, bin_fraction = time_bins(n_samples, bin_samples)
-    bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(bin_fraction) - 1)
-    binned = np.zeros((n_units, len(bin_fraction)))
-    np.add.at(binned, (units, bins), 1.0)
+    n_bins = len(bin_fraction)
+    binned = np.zeros(n_units * n_bins)
+    for lo in range(0, times.size, SPIKE_BLOCK):  # spikes per (unit, time bin), by blocks
+        bins = np.searchsorted(edges, times[lo : lo + SPIKE_BLOCK], side="right") - 1
+        np.clip(bins, 0, n_bins - 1, out=bins)
+        bins += units[lo : lo + SPIKE_BLOCK].astype(np.int64) * n_bins
+        binned += np.bincount(bins, minlength=n_units * n_bins)
+    binned = binned.reshape(n_units, n_bins)
     observed, _ = refractory_conflicts(
         times, units, n_units,
         duration_samples=n_samples,

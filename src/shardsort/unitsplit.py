@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shardsort.cluster import bimodality_score
-from shardsort.unitmerge import time_bins, time_overlap
+from shardsort.unitmerge import SPIKE_BLOCK, time_bins, time_overlap
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,9 @@ def split_units(
     decisions : tuple of SplitDecision
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    labels = np.asarray(unit_index, dtype=np.int64).copy()
+    # A copy in the given integer type (int32 stays int32: 4 bytes a spike).
+    labels = np.array(unit_index, dtype=None if np.asarray(unit_index).dtype.kind in "iu"
+                      else np.int64)
     if times.shape != labels.shape or times.ndim != 1:
         raise ValueError(
             f"sample_index {times.shape} and unit_index {labels.shape} must be 1-D of one length"
@@ -192,7 +194,8 @@ def split_units(
         raise ValueError(f"min_fraction must lie in [0, 0.5], got {min_fraction}")
     if x is not None:
         x = x.reshape(len(x), -1)
-    amp = None if amplitudes is None else np.asarray(amplitudes, dtype=np.float64)
+    # As given; converted to float64 one unit at a time.
+    amp = None if amplitudes is None else np.asarray(amplitudes)
     if amp is not None and amp.shape != labels.shape:
         raise ValueError(f"amplitudes {amp.shape} must have one value per spike {labels.shape}")
 
@@ -211,7 +214,11 @@ def split_units(
         return np.asarray(block[np.searchsorted(rows, members)], dtype=np.float64)
 
     edges, fraction = time_bins(n_samples, bin_samples)
-    bins = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, len(fraction) - 1)
+    # Time bin of every spike, in blocks (no int64 temporaries of all spikes).
+    bins = np.empty(times.size, dtype=np.int32 if len(fraction) < 2**31 else np.int64)
+    for lo in range(0, times.size, SPIKE_BLOCK):
+        block = np.searchsorted(edges, times[lo : lo + SPIKE_BLOCK], side="right") - 1
+        bins[lo : lo + SPIKE_BLOCK] = np.clip(block, 0, len(fraction) - 1)
     parent = list(range(n_units))
     decisions: list[SplitDecision] = []
     queue = [(unit, 0) for unit in range(n_units)]
@@ -228,7 +235,7 @@ def split_units(
                 cut = None
             else:
                 bounds = amplitude_bounds if attempt != "amplitude" else None
-                cut = _amplitude_cut(amp[members], bounds)
+                cut = _amplitude_cut(amp[members].astype(np.float64), bounds)
             if cut is None:
                 continue
             score, side = cut
