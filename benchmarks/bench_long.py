@@ -748,7 +748,9 @@ def check_rows(runs: list[dict], rules: list[dict], projection: list[dict],
         mine = sorted((r for r in runs if r["probe"] == probe), key=lambda r: r["minutes"])
         longest = mine[-1]
         others = mine[:-1] or mine
-        ref = min(others, key=lambda r: abs(r["minutes"] - 5.0))
+        # The 5-min run, else the shortest one of at least 5 min, else the longest other.
+        at_least_5 = [r for r in others if r["minutes"] >= 5.0]
+        ref = min(at_least_5, key=lambda r: r["minutes"]) if at_least_5 else others[-1]
         drift = longest["wall/duration"] / ref["wall/duration"] - 1
         add(probe, f"wall/duration at {longest['minutes']:g} min within 15 % of "
             f"{ref['minutes']:g} min", drift, abs(drift) <= WALL_TOLERANCE,
@@ -785,9 +787,11 @@ def check_rows(runs: list[dict], rules: list[dict], projection: list[dict],
             f"max {in_run:.2f} s")
         for key, label in (("smk_cpu_share", "Snakemake main-process CPU / wall < 5 %"),
                            ("no_job_share", "wall time with no job running < 5 %")):
-            worst = max(mine, key=lambda r: r[key])
-            add(probe, label, worst[key], worst[key] < SMK_SHARE_LIMIT,
-                f"at {worst['minutes']:g} min")
+            # Judged on the long recording; shorter runs carry the fixed start-up
+            # (Python, the Snakefile, the DAG: 2-3 s) over a short sort.
+            add(probe, f"{label} (at {longest['minutes']:g} min)", longest[key],
+                longest[key] < SMK_SHARE_LIMIT,
+                "; ".join(f"{r['minutes']:g} min: {r[key]:.3f}" for r in mine))
     for c in chunks:
         add(c["probe"], f"identical spike trains for two chunk sizes ({c['recording']})",
             c["only_in_a"] + c["only_in_b"], c["identical_trains"],

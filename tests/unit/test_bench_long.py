@@ -101,3 +101,22 @@ def test_the_global_memory_check_judges_the_cluster_fit_and_reliable_rules_only(
     memory = next(c for c in checks if c["check"].startswith("no global job above 1 GB"))
     assert memory["pass"] is True and "templates (clusters)" in memory["detail"]
     assert "whitening" in memory["detail"]
+
+
+def test_the_long_run_is_compared_with_the_run_of_at_least_5_minutes():
+    def run(minutes, wall, share):
+        return {"probe": 64, "recording": f"r{minutes}", "minutes": minutes, "n_spikes": 1e4,
+                "wall/duration": wall, "cpu/duration": wall, "load_avg": 1.0,
+                "peak_disk_x_raw": 0.6, "dry_run_s": 2.0, "dag_s": 0.5, "budget_MB": 2000,
+                "smk_cpu_share": share, "no_job_share": share, "rules": []}
+
+    runs = [run(2, 0.32, 0.07), run(10, 0.143, 0.042), run(120, 0.132, 0.026)]
+    checks = {c["check"]: c for c in bench_long.check_rows(runs, [], [], [])}
+    wall = checks["wall/duration at 120 min within 15 % of 10 min"]
+    assert wall["pass"] and wall["value"] == pytest.approx(0.132 / 0.143 - 1)
+    share = checks["Snakemake main-process CPU / wall < 5 % (at 120 min)"]
+    assert share["pass"] and "2 min: 0.070" in share["detail"]
+    runs = [run(2, 1.06, 0.05), run(5, 0.88, 0.04), run(15, 1.2, 0.06)]
+    checks = {c["check"]: c for c in bench_long.check_rows(runs, [], [], [])}
+    assert not checks["wall/duration at 15 min within 15 % of 5 min"]["pass"]
+    assert not checks["Snakemake main-process CPU / wall < 5 % (at 15 min)"]["pass"]
