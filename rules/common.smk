@@ -1,4 +1,6 @@
 # Workflow Python: recordings, shard plans and input functions. Rules stay declarative.
+import functools
+
 import shardsort
 from shardsort.nn import TENSORFLOW_JOB_MB
 from shardsort.workflow import (
@@ -49,8 +51,10 @@ def bulk(path):
     return path if KEEP_INTERMEDIATES else temp(path)
 
 
+@functools.cache
 def motion_on(recording):
-    """Drift correction for this recording: the sort reads motion-corrected chunks."""
+    """Drift correction for this recording: the sort reads motion-corrected chunks
+    (asked once per recording: thousands of jobs ask it)."""
     return motion_enabled(RECORDINGS[recording], config)
 
 

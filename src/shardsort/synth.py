@@ -47,6 +47,8 @@ import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 from threadpoolctl import threadpool_limits
 
+from .io.geometry import neuropixels_like_geometry  # noqa: F401 (part of this module's API)
+
 #: Samples per noise generation block (about 0.55 s at 30 kHz). Part of the
 #: definition of the recording: changing it changes the noise.
 GENERATION_BLOCK_SAMPLES = 16384
@@ -287,29 +289,6 @@ def _log_uniform(
 # ---------------------------------------------------------------------------
 # Probe and units
 # ---------------------------------------------------------------------------
-
-
-def neuropixels_like_geometry(n_channels: int) -> npt.NDArray[np.float64]:
-    """Channel positions of a Neuropixels 1.0-like checkerboard probe.
-
-    Two sites per row, rows 20 um apart; x cycles through 43, 11, 59, 27 um,
-    so consecutive rows are staggered by 16 um. Channels are ordered by depth.
-
-    Parameters
-    ----------
-    n_channels : int
-        Number of channels (>= 1).
-
-    Returns
-    -------
-    positions_um : ndarray of float64, shape (n_channels, 2)
-        Columns (x, y) in micrometres.
-    """
-    _check_int("n_channels", n_channels, 1, None)
-    channel = np.arange(n_channels)
-    x = np.array([43.0, 11.0, 59.0, 27.0])[channel % 4]
-    y = 20.0 * (channel // 2)
-    return np.column_stack([x, y])
 
 
 @dataclass(frozen=True)

@@ -443,7 +443,7 @@ def _recording_margins(spec: RecordingSpec, config: dict) -> dict[str, int]:
 def load_context(config: dict) -> Context:
     """Validate the configuration, read the recordings table, plan every recording."""
     check_config(config)
-    from .synth import neuropixels_like_geometry
+    from .io.geometry import neuropixels_like_geometry
 
     demo = config["demo"]
     generated = {

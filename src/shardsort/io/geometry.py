@@ -238,3 +238,29 @@ def load_geometry(
     else:
         positions = _read_text(path)
     return check_positions(positions, n_channels, source=f"geometry file {path!r}")
+
+
+def neuropixels_like_geometry(n_channels: int) -> npt.NDArray[np.float64]:
+    """Channel positions of a Neuropixels 1.0-like checkerboard probe.
+
+    Two sites per row, rows 20 um apart; x cycles through 43, 11, 59, 27 um,
+    so consecutive rows are staggered by 16 um. Channels are ordered by depth.
+
+    Parameters
+    ----------
+    n_channels : int
+        Number of channels (>= 1).
+
+    Returns
+    -------
+    positions_um : ndarray of float64, shape (n_channels, 2)
+        Columns (x, y) in micrometres.
+    """
+    if isinstance(n_channels, bool) or not isinstance(n_channels, (int, np.integer)):
+        raise ValueError(f"n_channels must be an integer, got {n_channels!r}")
+    if n_channels < 1:
+        raise ValueError(f"n_channels must be >= 1, got {n_channels}")
+    channel = np.arange(n_channels)
+    x = np.array([43.0, 11.0, 59.0, 27.0])[channel % 4]
+    y = 20.0 * (channel // 2)
+    return np.column_stack([x, y])
