@@ -840,6 +840,16 @@ def merge_similar_templates(
     )
 
 
+def _check_lags(duration_samples: int, min_lag_samples: int, max_lag_samples: int) -> None:
+    if duration_samples <= 0:
+        raise ValueError(f"duration_samples must be > 0, got {duration_samples}")
+    if not 0 <= min_lag_samples <= max_lag_samples:
+        raise ValueError(
+            f"lags must satisfy 0 <= min_lag_samples <= max_lag_samples, got "
+            f"{min_lag_samples} and {max_lag_samples}"
+        )
+
+
 def refractory_conflicts(
     sample_index: npt.ArrayLike,
     labels: npt.ArrayLike,
@@ -885,18 +895,14 @@ def refractory_conflicts(
         The counts independent Poisson trains with the same spike counts give.
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = np.asarray(labels, dtype=np.int64)
+    units = np.asarray(labels)  # int32 stays int32 (blocks are converted one at a time)
+    if units.dtype.kind not in "iu":
+        units = units.astype(np.int64)
     if times.shape != units.shape or times.ndim != 1:
         raise ValueError(
             f"sample_index {times.shape} and labels {units.shape} must be 1-D of one length"
         )
-    if duration_samples <= 0:
-        raise ValueError(f"duration_samples must be > 0, got {duration_samples}")
-    if not 0 <= min_lag_samples <= max_lag_samples:
-        raise ValueError(
-            f"lags must satisfy 0 <= min_lag_samples <= max_lag_samples, got "
-            f"{min_lag_samples} and {max_lag_samples}"
-        )
+    _check_lags(duration_samples, min_lag_samples, max_lag_samples)
     if units.size and units.max() >= n_units:
         raise ValueError(f"labels must be < n_units={n_units}, got {units.max()}")
     if times.size > 1 and not np.all(times[1:] >= times[:-1]):
@@ -931,13 +937,7 @@ def refractory_conflicts_in_blocks(
     seen that lie within ``max_lag_samples`` of the last one are carried over,
     so every pair is counted once whatever the block sizes.
     """
-    if duration_samples <= 0:
-        raise ValueError(f"duration_samples must be > 0, got {duration_samples}")
-    if not 0 <= min_lag_samples <= max_lag_samples:
-        raise ValueError(
-            f"lags must satisfy 0 <= min_lag_samples <= max_lag_samples, got "
-            f"{min_lag_samples} and {max_lag_samples}"
-        )
+    _check_lags(duration_samples, min_lag_samples, max_lag_samples)
     observed = np.zeros((n_units, n_units), dtype=np.int64)
     counts = np.zeros(n_units, dtype=np.int64)
     tail_times = np.zeros(0, dtype=np.int64)

@@ -572,6 +572,9 @@ def test_refractory_conflicts_in_blocks_equal_the_whole_table():
     brute = brute + brute.T
     np.fill_diagonal(brute, 0)
     np.testing.assert_array_equal(refractory_conflicts(t, u, 9, **kwargs)[0], brute)
+    # int32 labels (a spike table's column) are read as they are: the same counts
+    np.testing.assert_array_equal(
+        refractory_conflicts(times, labels.astype(np.int32), 9, **kwargs)[0], whole_obs)
     for block in (1, 7, 256, 1_000, times.size + 5):
         obs, exp = refractory_conflicts(times, labels, 9, block_spikes=block, **kwargs)
         np.testing.assert_array_equal(obs, whole_obs)
