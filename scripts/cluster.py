@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 
 from shardsort.cluster import cluster_spikes
-from shardsort.jobs import job_logger, read_h5_rows, write_npz
+from shardsort.jobs import job_logger, write_npz
+from shardsort.tables import take_rows
 
 log = job_logger(snakemake)
 group = snakemake.params.group
@@ -17,7 +18,7 @@ with h5py.File(snakemake.input.spikes, "r") as f:
         wanted &= ~f["collided"][()].astype(bool)
     rows = np.flatnonzero(wanted)
     # Block reads: h5py's point selection is quadratic in the rows (a minute for 38,000).
-    features = read_h5_rows(f["features"], rows)
+    features = take_rows(f["features"], rows)
 labels = cluster_spikes(
     features,
     main_channels=channels[rows],

@@ -82,35 +82,6 @@ def read_h5(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict:
     return out
 
 
-#: Rows of an HDF5 dataset read at a time by :func:`read_h5_rows`.
-H5_BLOCK_ROWS = 65_536
-
-
-def read_h5_rows(dataset: h5py.Dataset, rows: np.ndarray, *,
-                 block_rows: int = H5_BLOCK_ROWS) -> np.ndarray:
-    """``dataset[rows]`` for ascending ``rows``, read a block of rows at a time.
-
-    h5py's own point selection takes time quadratic in the number of rows
-    (38,000 rows of a table of 815,000: about a minute); contiguous blocks
-    are read instead and the rows picked from each in memory, one block held
-    at a time.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((rows.size,) + dataset.shape[1:], dtype=dataset.dtype)
-    if rows.size == 0:
-        return out
-    if rows.ndim != 1 or np.any(np.diff(rows) < 0) or rows[0] < 0 or rows[-1] >= len(dataset):
-        raise ValueError(f"{dataset.name}: rows must be ascending indices in [0, "
-                         f"{len(dataset)})")
-    starts = np.arange(int(rows[0]), int(rows[-1]) + 1, int(block_rows))
-    cuts = np.searchsorted(rows, np.append(starts, int(rows[-1]) + 1))
-    for start, lo, hi in zip(starts, cuts[:-1], cuts[1:]):
-        if hi > lo:
-            stop = int(rows[hi - 1]) + 1
-            out[lo:hi] = dataset[int(start) : stop][rows[lo:hi] - start]
-    return out
-
-
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez`` with an atomic rename (no compression: speed first)."""
     with atomic_path(path) as tmp:

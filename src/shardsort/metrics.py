@@ -52,6 +52,7 @@ from scipy import linalg, ndimage, spatial, stats
 
 from .checks import check_int as _check_int
 from .checks import check_positive as _check_positive
+from .tables import take_rows
 
 #: Names of the arrays returned by :func:`compute_quality_metrics`, in order.
 METRIC_NAMES = (
@@ -727,27 +728,6 @@ def _subsample_per_unit(
     return picked, np.concatenate([[0], np.cumsum(picked_counts)])
 
 
-#: Rows of the per-spike features read at once by :func:`_take_rows`.
-_READ_ROWS = 65_536
-
-
-def _take_rows(
-    array: npt.ArrayLike, rows: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float32]:
-    """``array[rows]`` as float32, reading ``array`` (an HDF5 dataset, a memory
-    map or an array) in blocks of ``_READ_ROWS`` rows."""
-    out = np.empty((rows.size,) + tuple(array.shape[1:]), np.float32)
-    reading_order = np.argsort(rows, kind="stable")
-    wanted = rows[reading_order]
-    bounds = np.searchsorted(wanted, np.arange(0, array.shape[0] + _READ_ROWS, _READ_ROWS))
-    for block, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if hi > lo:
-            start = block * _READ_ROWS
-            values = np.asarray(array[start : start + _READ_ROWS])
-            out[reading_order[lo:hi]] = values[wanted[lo:hi] - start]
-    return out
-
-
 def _pc_metrics(
     units: npt.NDArray[np.int64],
     counts: npt.NDArray[np.int64],
@@ -776,7 +756,8 @@ def _pc_metrics(
     picked, offsets = _subsample_per_unit(
         units, n_units=n_units, max_per_unit=max_spikes_per_unit, seed=seed
     )
-    features = _take_rows(pc_features, picked)
+    # Read a block of rows at a time (an HDF5 dataset: no point selection).
+    features = take_rows(pc_features, picked).astype(np.float32, copy=False)
     n_pcs, n_pc_channels = features.shape[1:]
 
     slot = np.full((n_units, templates.shape[2]), -1, dtype=np.int64)

@@ -126,3 +126,33 @@ class NpzParts:
         self.sizes = [len(t) for t in tables]
         return tables
 
+
+#: Rows read at a time by :func:`take_rows`.
+TAKE_BLOCK_ROWS = 65_536
+
+
+def take_rows(array, rows: np.ndarray, *, block_rows: int = TAKE_BLOCK_ROWS) -> np.ndarray:
+    """``array[rows]`` (any order, repeats allowed), reading ``array`` (an HDF5
+    dataset, a memory map or an array) a block of ``block_rows`` contiguous
+    rows at a time and picking the rows from each block in memory.
+
+    h5py's own point selection takes time quadratic in the number of rows
+    (38,000 rows of a table of 815,000: about a minute); blocks holding none
+    of the rows are not read.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n_rows = int(array.shape[0])
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= n_rows)):
+        raise ValueError(f"rows must be 1-D indices in [0, {n_rows}), got "
+                         f"{rows.min() if rows.size else ''}..{rows.max() if rows.size else ''}")
+    out = np.empty((rows.size,) + tuple(array.shape[1:]), dtype=array.dtype)
+    reading_order = np.argsort(rows, kind="stable")
+    wanted = rows[reading_order]
+    bounds = np.searchsorted(wanted, np.arange(0, n_rows + block_rows, block_rows))
+    for block, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if hi > lo:
+            start = block * block_rows
+            values = np.asarray(array[start : start + block_rows])
+            out[reading_order[lo:hi]] = values[wanted[lo:hi] - start]
+    return out
+

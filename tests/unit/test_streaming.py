@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shardsort.export import phy
-from shardsort.metrics import _take_rows
+from shardsort.tables import take_rows
 from shardsort.tables import gather_rows, merge_event_tables
 from shardsort.unitsplit import split_units
 
@@ -67,15 +67,25 @@ def test_ascending_is_checked_across_blocks(monkeypatch):
     assert not phy._ascending(values)
 
 
-def test_take_rows_from_a_dataset_equals_fancy_indexing(tmp_path, monkeypatch):
-    import shardsort.metrics as metrics
-
-    monkeypatch.setattr(metrics, "_READ_ROWS", 16)
-    values = np.random.default_rng(2).standard_normal((100, 3, 5)).astype(np.float32)
-    rows = np.array([99, 3, 15, 16, 40, 0, 64])
+def test_take_rows_from_a_dataset_equals_fancy_indexing(tmp_path):
+    rng = np.random.default_rng(4)
+    values = rng.standard_normal((5_000, 4, 3)).astype(np.float32)
     with h5py.File(tmp_path / "x.h5", "w") as f:
-        f.create_dataset("x", data=values)
-        np.testing.assert_array_equal(_take_rows(f["x"], rows), values[rows])
+        f.create_dataset("x", data=values, chunks=(256, 4, 3))
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        ds = f["x"]
+        for rows in (np.sort(rng.choice(5_000, 700, replace=False)), np.arange(5_000),
+                     np.array([99, 3, 15, 16, 40, 0, 64]), np.array([4_999]),
+                     np.array([3, 3, 900, 2])):
+            for block in (1, 7, 16, 1_000, 65_536):
+                taken = take_rows(ds, rows, block_rows=block)
+                assert taken.dtype == values.dtype
+                np.testing.assert_array_equal(taken, values[rows])
+        assert take_rows(ds, np.zeros(0, dtype=int)).shape == (0, 4, 3)
+        with pytest.raises(ValueError, match=r"indices in \[0, 5000\)"):
+            take_rows(ds, np.array([5_000]))
+        with pytest.raises(ValueError, match=r"indices in \[0, 5000\)"):
+            take_rows(ds, np.array([-1, 2]))
 
 
 def test_split_units_reading_one_unit_at_a_time_gives_the_same_cuts():
