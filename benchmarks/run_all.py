@@ -258,15 +258,17 @@ def write_summary(ctx: Context) -> Path:
         if not path.exists():
             continue
         record = json.loads(path.read_text())
-        env = record["environment"]
-        lines += [
-            f"## {TITLES[name]}",
-            "",
-            f"Run {env['date']} in {record['elapsed_s']:.0f} s on {env['cpus']} CPUs "
-            f"(shardsort {env['shardsort']}, SpikeInterface {env['spikeinterface']}, "
-            f"Snakemake {env['snakemake']}).",
-            "",
-        ]
+        env = record.get("environment")  # absent from sections run by their own script
+        lines += [f"## {TITLES[name]}", ""]
+        if env:
+            lines += [
+                f"Run {env['date']} in {record['elapsed_s']:.0f} s on {env['cpus']} CPUs "
+                f"(shardsort {env['shardsort']}, SpikeInterface {env['spikeinterface']}, "
+                f"Snakemake {env['snakemake']}).",
+                "",
+            ]
+        else:
+            lines += [f"Run by its own script in {record.get('elapsed_s', 0):.0f} s.", ""]
         if record.get("error"):
             lines += ["**Failed:**", "", "```", record["error"].strip(), "```", ""]
         for t in record["tables"]:
