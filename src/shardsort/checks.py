@@ -25,3 +25,10 @@ def check_positive(name: str, value: float) -> float:
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return number
+
+
+def as_index_array(values) -> np.ndarray:
+    """An integer array as given (an int32 column stays int32: no copy of a long
+    recording's spike table), anything else converted to int64."""
+    array = np.asarray(values)
+    return array if array.dtype.kind in "iu" else array.astype(np.int64)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from shardsort.checks import as_index_array
+
 
 @dataclass(frozen=True)
 class UnitSelection:
@@ -83,14 +85,6 @@ def expected_noise_matches(
         raise ValueError(f"n_samples must be >= 0, got {n_samples}")
     per_sample = np.sqrt(2.0 * (1.0 - rho)) / (2.0 * np.pi) * np.exp(-0.5 * theta)
     return per_sample * float(n_samples)
-
-
-def _as_index(values: npt.ArrayLike) -> npt.NDArray[np.integer]:
-    """An integer array as given (int32 stays int32), else converted to int64."""
-    array = np.asarray(values)
-    if array.dtype.kind not in "iu":
-        array = array.astype(np.int64)
-    return array
 
 
 def _judge(units, amps, n_units, duration_s, min_spikes, min_rate_hz, min_median_amplitude,
@@ -165,7 +159,7 @@ def shared_spikes(
         on the one larger unit sharing the most).
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = _as_index(unit_index)
+    units = as_index_array(unit_index)
     eligible = np.asarray(eligible, dtype=bool)
     n_units = eligible.size
     counts = np.bincount(units, minlength=n_units)
@@ -267,7 +261,7 @@ def select_units(
     UnitSelection
     """
     # As given (no int64/float64 copies of a long recording's columns).
-    units = _as_index(unit_index)
+    units = as_index_array(unit_index)
     amps = np.asarray(amplitude)
     if units.shape != amps.shape or units.ndim != 1:
         raise ValueError(

@@ -35,6 +35,8 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
+from shardsort.checks import as_index_array
+
 #: Upper bound on the number of float32 values gathered at once when summing
 #: snippets (about 16 MB), so memory stays flat on dense chunks.
 _GATHER_BATCH_VALUES = 4_000_000
@@ -895,9 +897,7 @@ def refractory_conflicts(
         The counts independent Poisson trains with the same spike counts give.
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = np.asarray(labels)  # int32 stays int32 (blocks are converted one at a time)
-    if units.dtype.kind not in "iu":
-        units = units.astype(np.int64)
+    units = as_index_array(labels)  # blocks are converted to int64 one at a time
     if times.shape != units.shape or times.ndim != 1:
         raise ValueError(
             f"sample_index {times.shape} and labels {units.shape} must be 1-D of one length"

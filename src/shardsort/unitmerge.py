@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from shardsort.checks import as_index_array
 from shardsort.templates import refractory_conflicts
 
 
@@ -186,9 +187,7 @@ def merge_units(
         units are numbered in the order of their lowest old index.
     """
     times = np.asarray(sample_index, dtype=np.int64)
-    units = np.asarray(unit_index)  # int32 stays int32: no copy of a long recording's column
-    if units.dtype.kind not in "iu":
-        units = units.astype(np.int64)
+    units = as_index_array(unit_index)
     tpl = np.asarray(templates, dtype=np.float64)
     positions = np.asarray(positions_um, dtype=np.float64)
     if tpl.ndim != 3:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from shardsort.checks import as_index_array
 from shardsort.cluster import bimodality_score
 from shardsort.unitmerge import SPIKE_BLOCK, time_bins, time_overlap
 
@@ -171,8 +172,7 @@ def split_units(
     """
     times = np.asarray(sample_index, dtype=np.int64)
     # A copy in the given integer type (int32 stays int32: 4 bytes a spike).
-    labels = np.array(unit_index, dtype=None if np.asarray(unit_index).dtype.kind in "iu"
-                      else np.int64)
+    labels = as_index_array(unit_index).copy()
     if times.shape != labels.shape or times.ndim != 1:
         raise ValueError(
             f"sample_index {times.shape} and unit_index {labels.shape} must be 1-D of one length"
