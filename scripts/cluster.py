@@ -4,10 +4,11 @@ import h5py
 import numpy as np
 
 from shardsort.cluster import cluster_spikes
-from shardsort.jobs import job_logger, write_npz
+from shardsort.jobs import job_logger, reuse_freed_memory, write_npz
 from shardsort.tables import take_rows
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 group = snakemake.params.group
 cfg = snakemake.params.cluster
 with h5py.File(snakemake.input.spikes, "r") as f:

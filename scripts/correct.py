@@ -12,10 +12,11 @@ from shardsort.io.arrays import (
     read_sidecar,
     write_array,
 )
-from shardsort.jobs import job_logger, read_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory
 from shardsort.motion import channel_displacement, correct_motion
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 cfg = snakemake.params.motion

@@ -5,10 +5,11 @@ import numpy as np
 from shardsort.deconvolve import DeconvBasis, deconvolve_chunk, unit_thresholds
 from shardsort.detect import TemporalBasis, extract_snippets, localize_spikes, project_temporal
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, read_npz, write_npz
+from shardsort.jobs import job_logger, read_h5, read_npz, reuse_freed_memory, write_npz
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 cfg = snakemake.params.deconvolve

@@ -4,9 +4,10 @@ import numpy as np
 
 from shardsort.detect import TemporalBasis, detect_chunk
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory, write_npz
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 det = snakemake.params.detect

@@ -11,10 +11,11 @@ from shardsort.detect import (
     neighbour_mask,
 )
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, write_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory, write_h5
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 det = snakemake.params.detect
 rate = spec["sampling_rate_hz"]

@@ -7,11 +7,12 @@ preprocess job filters its chunk itself (the same shardsort.phase.filter_channel
 import numpy as np
 
 from shardsort.io.arrays import write_array
-from shardsort.jobs import job_logger
+from shardsort.jobs import job_logger, reuse_freed_memory
 from shardsort.phase import FILTERED_MANTISSA_BITS, filter_channels
 from shardsort.recordings import open_spec
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 rec = open_spec(snakemake.params.recording)
 compression = snakemake.params.compression
 chunk, shard = snakemake.params.chunk, snakemake.params.shard

@@ -8,10 +8,11 @@ import h5py
 import numpy as np
 
 from shardsort.io.arrays import atomic_path
-from shardsort.jobs import job_logger, read_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory
 from shardsort.tables import NpzParts, gather_rows, merge_event_tables
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 paths = list(snakemake.input.peaks)
 
 

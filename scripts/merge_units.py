@@ -16,7 +16,7 @@ import yaml
 from shardsort.curation import expected_noise_matches, select_units
 from shardsort.deconvolve import DeconvBasis, unit_thresholds
 from shardsort.io.arrays import atomic_path
-from shardsort.jobs import job_logger, read_h5, read_npz
+from shardsort.jobs import job_logger, read_h5, read_npz, reuse_freed_memory
 from shardsort.tables import NpzParts, gather_rows, merge_event_tables
 from shardsort.workflow import ms_to_samples
 from shardsort.templates import template_peak_channels, template_positions
@@ -24,6 +24,7 @@ from shardsort.unitmerge import merge_units
 from shardsort.unitsplit import split_units
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 positions = np.asarray(spec["positions_um"], dtype=np.float64)
 tpl = read_h5(snakemake.input.templates)

@@ -4,10 +4,11 @@ import h5py
 import numpy as np
 
 from shardsort.io.arrays import atomic_path
-from shardsort.jobs import job_logger, read_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory
 from shardsort.metrics import compute_quality_metrics
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 # The per-spike features stay on disk: the PC metrics read the rows of their
 # subsample block by block.
 s = read_h5(snakemake.input.sorting, keys=["spikes", "templates", "pc_feature_ind", "units"])

@@ -4,7 +4,7 @@ import numpy as np
 
 from shardsort.detect import nearest_neighbours, neighbour_mask
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, write_npz
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory, write_npz
 from shardsort.motion import (
     depth_bin_edges,
     localized_peaks,
@@ -14,6 +14,7 @@ from shardsort.motion import (
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 det = snakemake.params.detect

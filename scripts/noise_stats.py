@@ -3,7 +3,7 @@
 import numpy as np
 
 from shardsort.io.arrays import atomic_path
-from shardsort.jobs import job_logger, write_h5
+from shardsort.jobs import job_logger, reuse_freed_memory, write_h5
 from shardsort.preprocess import (
     BAD_CHANNEL_LABELS,
     common_reference,
@@ -13,6 +13,7 @@ from shardsort.preprocess import (
 from shardsort.sampling import load_noise_sample
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 pre = snakemake.params.preprocess
 positions = np.asarray(spec["positions_um"], dtype=np.float64)

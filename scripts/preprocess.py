@@ -8,12 +8,13 @@ values when they would be stored compressed)."""
 import numpy as np
 
 from shardsort.io.arrays import read_array, read_sidecar, round_mantissa, write_array
-from shardsort.jobs import job_logger, read_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory
 from shardsort.phase import FILTERED_MANTISSA_BITS, filter_channels
 from shardsort.preprocess import apply_preprocessing
 from shardsort.recordings import open_spec
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 pre = snakemake.params.preprocess

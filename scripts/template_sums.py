@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, pack_array, write_npz
+from shardsort.jobs import job_logger, pack_array, reuse_freed_memory, write_npz
 from shardsort.templates import accumulate_templates
 from shardsort.workflow import waveform_samples
 
@@ -20,6 +20,7 @@ SEARCH_BLOCK_ROWS = 4096
 SUM_ROWS_PER_BLOCK = 16
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 chunk = snakemake.params.chunk
 margin = int(snakemake.params.margin_samples)

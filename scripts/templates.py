@@ -5,7 +5,7 @@ import numpy as np
 
 from shardsort.deconvolve import prepare_templates
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_packed_rows, write_h5, write_npz
+from shardsort.jobs import job_logger, read_packed_rows, reuse_freed_memory, write_h5, write_npz
 from shardsort.templates import (
     align_templates,
     clean_templates,
@@ -30,6 +30,7 @@ SPIKE_BLOCK = 1_000_000
 NOISE_WINDOWS = 250
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 cfg = snakemake.params.templates
 rate = spec["sampling_rate_hz"]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from shardsort.jobs import job_logger, read_h5, write_h5
+from shardsort.jobs import job_logger, read_h5, reuse_freed_memory, write_h5
 from shardsort.preprocess import (
     common_reference,
     local_whitening_matrix,
@@ -12,6 +12,7 @@ from shardsort.sampling import load_noise_sample
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
+reuse_freed_memory()  # large temporaries reuse freed pages (shardsort.jobs)
 spec = snakemake.params.recording
 pre = snakemake.params.preprocess
 positions = np.asarray(spec["positions_um"], dtype=np.float64)

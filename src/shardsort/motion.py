@@ -52,11 +52,13 @@ All kernels are pure: arrays in, arrays out, no I/O, no global state.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from scipy.linalg import solveh_banded
-from scipy.ndimage import gaussian_filter1d
+
+if TYPE_CHECKING:  # imported where used: the per-chunk jobs import this module
+    from scipy import sparse  # without needing scipy's sparse, linalg or ndimage
 
 from .checks import check_int as _check_int
 from .checks import check_positive as _check_positive
@@ -561,6 +563,8 @@ def _weighted_least_squares(lag: np.ndarray, w: np.ndarray, target: np.ndarray) 
     # (adding to one diagonal entry sets that bin to 0; the right-hand side
     # sums to zero), then shift to mean zero.
     band[0, int(np.argmax(degree))] += scale
+    from scipy.linalg import solveh_banded
+
     p = solveh_banded(band, rhs, lower=True, check_finite=False)
     return p - p.mean()
 
@@ -647,6 +651,8 @@ def estimate_motion(
         window_step_um=window_step_um,
         window_sigma_um=window_sigma_um,
     )
+    from scipy.ndimage import gaussian_filter1d
+
     if depth_sigma > 0 and hist.shape[1] > 1:
         hist = gaussian_filter1d(hist, depth_sigma / bin_um, axis=1, mode="constant")
     n_time = hist.shape[0]
@@ -896,6 +902,8 @@ def interpolation_matrix(
     else:
         r = c = np.zeros(0, dtype=np.int64)
         v = np.zeros(0)
+    from scipy import sparse
+
     matrix = sparse.csr_matrix(
         (v.astype(np.float32), (r, c)), shape=(n_channels, n_channels), dtype=np.float32
     )

@@ -262,6 +262,12 @@ def bandpass_and_align(
 FILTERED_MANTISSA_BITS = 7
 
 
+#: Rows of raw samples a whole-shard filter reads, converts and differences at
+#: a time (:func:`_bandpass_rows`): 8,192 rows of 384 channels are 12.6 MB of
+#: float32, small enough that each segment's temporaries reuse the same memory.
+_FILTER_SEGMENT_ROWS = 8192
+
+
 def filter_channels(
     recording,
     *,
@@ -273,13 +279,22 @@ def filter_channels(
     sos: npt.ArrayLike,
     sample_shifts: npt.ArrayLike | None,
     block_channels: int = 32,
+    segment_rows: int = _FILTER_SEGMENT_ROWS,
 ) -> tuple[npt.NDArray[np.float32], dict[int, list[int]]]:
     """Band-pass (and align) channels ``[channel_start, channel_stop)`` of samples
     ``[start, stop)`` of a recording, read ``margin_samples`` wider on each side
-    (clipped at the recording's ends), ``block_channels`` channels at a time.
+    (clipped at the recording's ends).
 
     NaN/inf raw samples are replaced by 0 before filtering
     (:func:`shardsort.preprocess.zero_nonfinite`).
+
+    Without sample shifts, all channels are filtered together, the raw window
+    read ``segment_rows`` samples at a time (:func:`_bandpass_rows`): the job
+    holds one float32 array of the core and its right margin besides one
+    segment's temporaries. With sample shifts, ``block_channels`` channels at
+    a time are band-passed and aligned (:func:`bandpass_and_align`). Both give
+    the values :func:`bandpass_and_align` gives on the whole window: the same
+    float32 differences and the same float64 recursion, sample by sample.
 
     Parameters
     ----------
@@ -301,7 +316,13 @@ def filter_channels(
     lo = max(0, start - margin_samples)
     hi = min(recording.n_samples, stop + margin_samples)
     sos = np.asarray(sos, dtype=np.float64)
-    shifts = None if sample_shifts is None else np.asarray(sample_shifts, dtype=np.float64)
+    if sample_shifts is None:
+        return _bandpass_rows(
+            recording, lo=lo, hi=hi, start=start, stop=stop,
+            channels=np.arange(channel_start, channel_stop), sos=sos,
+            segment_rows=segment_rows,
+        )
+    shifts = np.asarray(sample_shifts, dtype=np.float64)
     filtered = np.empty((stop - start, channel_stop - channel_start), np.float32)
     nonfinite: dict[int, list[int]] = {}
     for first in range(channel_start, channel_stop, block_channels):
@@ -315,10 +336,102 @@ def filter_channels(
         filtered[:, column : column + channels.size] = bandpass_and_align(
             window,
             sos=sos,
-            sample_shifts=None if shifts is None else shifts[channels],
+            sample_shifts=shifts[channels],
             core_start=start - lo,
             core_stop=stop - lo,
             at_recording_start=lo == 0,
             at_recording_end=hi == recording.n_samples,
         )
     return filtered, nonfinite
+
+
+def _bandpass_rows(
+    recording,
+    *,
+    lo: int,
+    hi: int,
+    start: int,
+    stop: int,
+    channels: np.ndarray,
+    sos: np.ndarray,
+    segment_rows: int,
+) -> tuple[npt.NDArray[np.float32], dict[int, list[int]]]:
+    """:func:`shardsort.preprocess.bandpass_filter` of the raw window ``[lo, hi)``
+    (core ``[start, stop)``), its rows read and differenced a segment at a time.
+
+    The forward pass runs over the window's first differences (with scipy's
+    odd extensions at the recording's edges) segment by segment, carrying the
+    cascade's state; its output from the core start on goes into the one
+    array the backward pass then runs over in place.
+    """
+    from .compiled import sos_cascade
+    from .preprocess import _remove_dc_zero, _scipy_padlen, _sosfilt_zi, zero_nonfinite
+
+    if segment_rows < 2:
+        raise ValueError(f"segment_rows must be an integer >= 2, got {segment_rows!r}")
+    n_channels = channels.size
+    n_window, core_start, core_stop = hi - lo, start - lo, stop - lo
+    at_start, at_end = lo == 0, hi == recording.n_samples
+    if stop == start:
+        return np.zeros((0, n_channels), dtype=np.float32), {}
+    pad = _scipy_padlen(sos)
+    if (at_start or at_end) and n_window <= pad:
+        raise ValueError(
+            f"window touching the recording edge must hold more than padlen={pad} "
+            f"samples, got {n_window} (scipy.signal.sosfiltfilt raises likewise)"
+        )
+    pad_start = pad if at_start else 0
+    pad_end = pad if at_end else 0
+    after_differencer = _remove_dc_zero(sos)
+    # Rows of the differenced, extended window: d[0] = 0, d[1 : pad_start + 1]
+    # the mirror image of d[pad_start + 1 : 2 pad_start + 1], then
+    # d[pad_start + k] = x[k] - x[k - 1] for k in [1, n_window), then the
+    # mirror image of the last pad_end rows. Rows from `keep` on are kept.
+    n_rows = pad_start + n_window + pad_end
+    keep = pad_start + core_start
+    tail = np.empty((n_rows - keep, n_channels), dtype=np.float32)
+    state = np.zeros((sos.shape[0], 2, n_channels))
+    nonfinite: dict[int, list[int]] = {}
+
+    def read(a: int, b: int, count: bool = True) -> np.ndarray:
+        """Window rows [a, b) in microvolts, non-finite samples zeroed; those of
+        the core counted (``count``: each row is counted by one read only)."""
+        x = recording.get_traces(lo + a, lo + b, channels=channels)
+        c0, c1 = min(max(core_start - a, 0), b - a), min(max(core_stop - a, 0), b - a)
+        if not count or c1 <= c0:  # zeroed, not counted
+            return zero_nonfinite(x, core_start=0, core_stop=b - a)[0]
+        x, found = zero_nonfinite(x, core_start=c0, core_stop=c1)
+        for i in np.flatnonzero(found.counts):
+            channel, at = int(channels[i]), start + a - core_start + c0 + int(found.first[i])
+            count, first = nonfinite.get(channel, [0, at])
+            nonfinite[channel] = [count + int(found.counts[i]), min(first, at)]
+        return x
+
+    def forward(d: np.ndarray, row: int) -> None:
+        """Run rows [row, row + len(d)) of the forward pass, in place; keep the kept ones."""
+        sos_cascade(d, after_differencer, state, False, d)
+        skip = max(0, keep - row)
+        if skip < len(d):
+            tail[row + skip - keep : row + len(d) - keep] = d[skip:]
+
+    head = np.zeros((pad_start + 1, n_channels), dtype=np.float32)
+    if pad_start:
+        x = read(0, pad_start + 1, count=False)
+        head[1:] = np.subtract(x[1:], x[:-1], dtype=np.float32)[::-1]
+    forward(head, 0)
+    previous = read(0, 1)
+    for a in range(1, n_window, segment_rows):
+        b = min(n_window, a + segment_rows)
+        x = read(a, b)
+        d = np.empty((b - a, n_channels), dtype=np.float32)
+        np.subtract(x[:1], previous, out=d[:1], dtype=np.float32)
+        np.subtract(x[1:], x[:-1], out=d[1:], dtype=np.float32)
+        previous = x[-1:].copy()
+        forward(d, pad_start + a)
+    if pad_end:
+        x = read(n_window - pad_end - 1, n_window, count=False)
+        forward(np.subtract(x[1:], x[:-1], dtype=np.float32)[::-1].copy(),
+                pad_start + n_window)
+    state = _sosfilt_zi(sos)[:, :, None] * tail[-1].astype(np.float64)
+    sos_cascade(tail, sos, state, True, tail)
+    return tail[: core_stop - core_start], dict(sorted(nonfinite.items()))

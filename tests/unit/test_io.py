@@ -16,6 +16,7 @@ from shardsort.io.arrays import (
     compression_of,
     read_array,
     read_rows,
+    read_rows_into,
     read_sidecar,
     round_mantissa,
     write_array,
@@ -359,6 +360,29 @@ def test_read_rows_decodes_any_window_of_blocks(tmp_path):
             )
     with pytest.raises(ValueError, match=r"rows \[190, 201\) of .*c\.bin' must lie within"):
         read_rows(tmp_path / "c.bin", 190, 201)
+
+
+def test_read_rows_into_equals_read_rows_times_scale(tmp_path):
+    """Block-wise conversion gives the values of the whole read, columns and
+    scale applied, for compressed and plain files, across block borders."""
+    data = noise_int16(200, 5)
+    write_array(tmp_path / "c.bin", data, compression="lz4", block_rows=16)
+    write_array(tmp_path / "p.bin", data)
+    columns = np.array([4, 0, 2])
+    for start, stop in [(0, 200), (15, 17), (16, 32), (37, 151), (50, 50), (199, 200)]:
+        for name in ("c.bin", "p.bin"):
+            for cols, scale in ((None, 1.0), (columns, 1 / 32), (None, 0.37)):
+                width = 5 if cols is None else len(cols)
+                out = np.full((stop - start, width), np.nan, dtype=np.float32)
+                read_rows_into(tmp_path / name, start, stop, out, columns=cols, scale=scale)
+                expected = read_rows(tmp_path / name, start, stop).astype(np.float32)
+                if cols is not None:
+                    expected = expected[:, cols]
+                if scale != 1.0:
+                    expected *= np.float32(scale)
+                np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out must have shape \(10, columns\)"):
+        read_rows_into(tmp_path / "c.bin", 0, 10, np.zeros((9, 5), np.float32))
 
 
 def test_chunked_recording_of_compressed_chunks_equals_the_plain_one(tmp_path):
@@ -921,3 +945,17 @@ def test_round_mantissa_in_place_and_in_blocks_equals_the_copy(monkeypatch):
     np.testing.assert_array_equal(in_place.view(np.uint32), expected.view(np.uint32))
     with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
         round_mantissa(values, bits=7, out=np.empty((7, 301), np.float32))
+
+
+def test_reuse_freed_memory_keeps_large_arrays_working():
+    """glibc accepts the settings on Linux; large arrays still allocate, fill and free."""
+    import sys
+
+    from shardsort.jobs import reuse_freed_memory
+
+    accepted = reuse_freed_memory()
+    assert accepted == sys.platform.startswith("linux")
+    for _ in range(3):
+        block = np.full((5_000_000, 2), 3.0, dtype=np.float64)  # 80 MB: above mmap's 32 MB
+        assert float(block.sum()) == 3.0e7
+        del block

@@ -10,6 +10,7 @@ from shardsort.phase import (
     PHASE_HALF_WIDTH,
     align_sample_shifts,
     bandpass_and_align,
+    filter_channels,
     fractional_delay_taps,
 )
 from shardsort.preprocess import design_bandpass, filter_margin_samples
@@ -180,3 +181,62 @@ def test_errors_name_the_parameter():
     empty = align_sample_shifts(x, sample_shifts=[0.0, 0.5], core_start=50, core_stop=50,
                                 at_recording_start=True, at_recording_end=True)
     assert empty.shape == (0, 2) and empty.dtype == np.float32
+
+
+class _ArrayRecording:
+    """The raw-recording interface filter_channels reads (microvolts, float32)."""
+
+    def __init__(self, x):
+        self.x, self.n_samples = x, len(x)
+
+    def get_traces(self, start, stop, channels=None):
+        return self.x[start:stop][:, channels].astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_segmented_shard_filter_equals_the_whole_window_filter(dtype):
+    """Without shifts, filter_channels reads and differences the window a
+    segment at a time; the cores and the NaN/inf reports equal those of the
+    whole window's bandpass_filter, at the recording's edges and inside it,
+    for any segment length."""
+    from shardsort.preprocess import bandpass_filter, zero_nonfinite
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(0, 50, (30000, 12)) + 300).astype(dtype)
+    if dtype == np.float32:
+        x[100, 3] = np.nan
+        x[20000, 5] = np.inf
+        x[20001, 5] = np.nan
+        x[5, 7] = np.nan
+    recording = _ArrayRecording(x)
+    sos = design_bandpass(
+        sampling_rate_hz=30000.0, freq_min_hz=300.0, freq_max_hz=6000.0, order=3
+    )
+    margin = filter_margin_samples(sos)
+    cases = [(0, 8000, 0, 12, 1000), (8000, 16000, 3, 11, 777), (22000, 30000, 0, 12, 8192),
+             (0, 30000, 0, 12, 3000), (0, 30000, 0, 12, 2), (100, 101, 0, 12, 50)]
+    for start, stop, first, last, segment in cases:
+        got, nonfinite = filter_channels(
+            recording, start=start, stop=stop, channel_start=first, channel_stop=last,
+            margin_samples=margin, sos=sos, sample_shifts=None, segment_rows=segment,
+        )
+        lo, hi = max(0, start - margin), min(len(x), stop + margin)
+        window, found = zero_nonfinite(
+            recording.get_traces(lo, hi, np.arange(first, last)),
+            core_start=start - lo, core_stop=stop - lo,
+        )
+        expected = bandpass_filter(
+            window, sos=sos, core_start=start - lo, core_stop=stop - lo,
+            at_recording_start=lo == 0, at_recording_end=hi == len(x),
+        )
+        np.testing.assert_array_equal(got, expected)
+        assert got.flags.c_contiguous
+        assert nonfinite == {
+            first + int(i): [int(found.counts[i]), start + int(found.first[i])]
+            for i in np.flatnonzero(found.counts)
+        }
+    if dtype == np.float32:  # the planted samples, each counted once
+        assert filter_channels(
+            recording, start=0, stop=30000, channel_start=0, channel_stop=12,
+            margin_samples=margin, sos=sos, sample_shifts=None, segment_rows=999,
+        )[1] == {3: [1, 100], 5: [2, 20000], 7: [1, 5]}

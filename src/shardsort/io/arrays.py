@@ -543,20 +543,119 @@ def read_rows(
         If the rows are out of range or the file does not match its sidecar
         (the message names the file and, for a compressed one, the block).
     """
-    name = os.fspath(path)
     meta = read_sidecar(path) if meta is None else meta
     dtype, shape = meta["dtype"], meta["shape"]
-    if not shape or not 0 <= start <= stop <= shape[0]:
-        raise ValueError(
-            f"rows [{start}, {stop}) of {name!r} must lie within [0, "
-            f"{shape[0] if shape else 0}] (shape {shape})"
-        )
+    _check_rows(path, start, stop, shape)
     info = meta.get("compression")
     if not info:
         _check_plain_size(path, meta)
         if start == stop or math.prod(shape) == 0:
             return np.zeros((stop - start, *shape[1:]), dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=shape)[start:stop]
+    block_rows = int(info["block_rows"])
+    first, last = start // block_rows, -(-stop // block_rows)  # blocks [first, last)
+    out = np.empty(((last - first) * block_rows, *shape[1:]), dtype=dtype)
+    for _ in _compressed_blocks(path, meta, first, last, out=out):
+        pass  # each block decoded in place into out
+    lo = start - first * block_rows
+    return out[lo : lo + stop - start]
+
+
+#: Rows of a plain (uncompressed) file converted at a time by :func:`read_rows_into`.
+_PLAIN_ROWS = 16384
+
+
+def read_rows_into(
+    path: PathLike,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+    *,
+    columns: np.ndarray | None = None,
+    scale: float = 1.0,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write rows ``[start, stop)`` of a 2-D array file, times ``scale``, into ``out``.
+
+    The same values as ``read_rows(path, start, stop)[:, columns] * scale``
+    cast to ``out``'s dtype (float32: the same single-precision product), but
+    a block at a time: the stored rows are never held whole (a compressed
+    file is decoded into one block's buffer, a plain one read through its
+    memmap), so a job reading a chunk of int16 rows as float32 holds the
+    float32 window only.
+
+    Parameters
+    ----------
+    out : ndarray, shape (stop - start, n_columns)
+        Written in place.
+    columns : ndarray of int, optional
+        Columns to keep, in that order (default: all).
+    """
+    meta = read_sidecar(path) if meta is None else meta
+    shape = meta["shape"]
+    _check_rows(path, start, stop, shape)
+    if len(shape) != 2 or out.shape != (stop - start, shape[1] if columns is None
+                                        else len(columns)):
+        raise ValueError(
+            f"out must have shape ({stop - start}, columns) for rows [{start}, "
+            f"{stop}) of {os.fspath(path)!r} (shape {shape}), got {out.shape}"
+        )
+    factor = out.dtype.type(scale) if scale != 1.0 else None
+
+    def put(target: np.ndarray, rows: np.ndarray) -> None:
+        if columns is not None:
+            rows = rows[:, columns]
+        if factor is None:
+            target[...] = rows
+        else:
+            np.multiply(rows, factor, out=target, casting="unsafe")
+
+    if start == stop:
+        return
+    info = meta.get("compression")
+    if not info:
+        _check_plain_size(path, meta)
+        data = np.memmap(path, dtype=meta["dtype"], mode="r", shape=tuple(shape))
+        for lo in range(start, stop, _PLAIN_ROWS):
+            hi = min(stop, lo + _PLAIN_ROWS)
+            put(out[lo - start : hi - start], data[lo:hi])
+        return
+    block_rows = int(info["block_rows"])
+    first, last = start // block_rows, -(-stop // block_rows)
+    buffer = np.empty((block_rows, shape[1]), dtype=meta["dtype"])
+    for block, rows in zip(range(first, last),
+                           _compressed_blocks(path, meta, first, last, buffer=buffer)):
+        lo = max(start, block * block_rows)
+        hi = min(stop, block * block_rows + len(rows))
+        put(out[lo - start : hi - start], rows[lo - block * block_rows : hi - block * block_rows])
+
+
+def _check_rows(path: PathLike, start: int, stop: int, shape) -> None:
+    if not shape or not 0 <= start <= stop <= shape[0]:
+        raise ValueError(
+            f"rows [{start}, {stop}) of {os.fspath(path)!r} must lie within [0, "
+            f"{shape[0] if shape else 0}] (shape {shape})"
+        )
+
+
+def _compressed_blocks(
+    path: PathLike,
+    meta: dict[str, Any],
+    first: int,
+    last: int,
+    *,
+    out: np.ndarray | None = None,
+    buffer: np.ndarray | None = None,
+):
+    """Decode blocks ``[first, last)`` of a compressed array file, checking each.
+
+    Yields each block's rows: decoded into ``out[k * block_rows:]`` (the k-th
+    block yielded) when ``out`` is given, else into ``buffer`` (reused, so a
+    yielded block is valid until the next one).
+    """
+    name = os.fspath(path)
+    info = meta["compression"]
+    dtype, shape = np.dtype(meta["dtype"]), meta["shape"]
     block_rows = int(info["block_rows"])
     n_rows = shape[0]
     n_blocks = -(-n_rows // block_rows)
@@ -567,8 +666,6 @@ def read_rows(
             f"file of {info['file_bytes']} bytes (truncated or rewritten?)"
         )
     row_bytes = math.prod(shape[1:]) * dtype.itemsize
-    first, last = start // block_rows, -(-stop // block_rows)  # blocks [first, last)
-    out = np.empty(((last - first) * block_rows, *shape[1:]), dtype=dtype)
     with open(path, "rb") as handle:
         head = handle.read(len(_MAGIC) + 8)
         if head[: len(_MAGIC)] != _MAGIC or len(head) < len(_MAGIC) + 8:
@@ -593,7 +690,7 @@ def read_rows(
                 f"{offsets[0]}, last {offsets[-1]}, file {actual} bytes)"
             )
         if last == first:
-            return out[:0]
+            return
         codec = _blosc(str(info["cname"]))
         from numcodecs.blosc import cbuffer_sizes
 
@@ -603,13 +700,15 @@ def read_rows(
             buf = handle.read(size)
             rows = min(block_rows, n_rows - block * block_rows)
             problem = None
+            target = None
             if len(buf) != size or zlib.crc32(buf) != int(crcs[block]):
                 problem = "its checksum does not match (corrupted)"
             elif cbuffer_sizes(buf)[:2] != (rows * row_bytes, size):
                 problem = (f"it decodes to {cbuffer_sizes(buf)[0]} bytes, expected "
                            f"{rows * row_bytes} ({rows} rows of {row_bytes} bytes)")
             if problem is None:
-                target = out[k * block_rows : k * block_rows + rows]
+                target = (out[k * block_rows : k * block_rows + rows] if out is not None
+                          else buffer[:rows])
                 try:
                     codec.decode(buf, out=target)
                 except (RuntimeError, ValueError) as error:
@@ -619,8 +718,7 @@ def read_rows(
                     f"{name!r}: compressed block {block} (rows "
                     f"{block * block_rows}-{block * block_rows + rows}) is invalid: {problem}"
                 )
-    lo = start - first * block_rows
-    return out[lo : lo + stop - start]
+            yield target
 
 
 class ChunkedRecording:
@@ -800,11 +898,8 @@ class ChunkedRecording:
             if a >= b:  # an empty chunk
                 continue
             meta = self._metas[index]
-            rows = read_rows(self.paths[index], a - c0, b - c0, meta=meta)
-            block = rows if selected is None else rows[:, selected]
-            target = out[a - start : b - start]
-            target[...] = block
-            scale = meta.get("scale", 1.0)
-            if scale != 1.0:
-                target *= np.float32(scale)
+            read_rows_into(
+                self.paths[index], a - c0, b - c0, out[a - start : b - start],
+                columns=selected, scale=float(meta.get("scale", 1.0)), meta=meta,
+            )
         return out
