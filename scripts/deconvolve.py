@@ -5,7 +5,14 @@ import numpy as np
 from shardsort.deconvolve import DeconvBasis, deconvolve_chunk, unit_thresholds
 from shardsort.detect import TemporalBasis, extract_snippets, localize_spikes, project_temporal
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, read_npz, reuse_freed_memory, write_npz
+from shardsort.jobs import (
+    chunk_windows,
+    job_logger,
+    read_h5,
+    read_npz,
+    reuse_freed_memory,
+    write_npz,
+)
 from shardsort.workflow import ms_to_samples
 
 log = job_logger(snakemake)
@@ -21,7 +28,6 @@ b = read_h5(snakemake.input.basis)
 pre, post = int(tpl["attrs"]["pre_samples"]), int(tpl["attrs"]["post_samples"])
 
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
-window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
 basis = DeconvBasis.from_arrays(read_npz(snakemake.input.deconv_basis))
 thresholds = unit_thresholds(
     basis,
@@ -29,17 +35,21 @@ thresholds = unit_thresholds(
     lowest=cfg["threshold_min"],
     recall_margin=cfg["recall_margin"],
 )
-# The matching objective holds one value per sample and unit: long chunks with
-# many units are matched in sub-blocks of the core, each with the full margin
-# on both sides (so the result equals matching the whole chunk at once).
-core = chunk["stop"] - chunk["start"]
+# Per-spike PC features on each unit's channels (phy's pc_features) and position.
+pc_channels = b["neighbours"][tpl["peak_channels"]] if len(tpl["peak_channels"]) else (
+    np.zeros((0, b["neighbours"].shape[1]), dtype=np.int32)
+)
+temporal = TemporalBasis(components=b["components"], mean=b["mean"])
+# The chunk is matched block by block (shardsort.jobs.core_blocks), each block
+# with the full margin on both sides, so the result equals matching the whole
+# chunk at once; the matching objective holds one value per sample and unit,
+# so with many units the blocks are shorter still (a share of the budget).
 budget_bytes = 0.4 * snakemake.params.max_memory_mb * 2**20
 sub = max(4 * basis.n_samples, int(budget_bytes // (16 * max(basis.n_units, 1))))
-parts = []
-for first in range(0, core, sub):
-    last = min(first + sub, core)
+parts, features, places = [], [], []
+for first, last, window in chunk_windows(rec, chunk, margin, max_samples=sub):
     part = deconvolve_chunk(
-        window[first : last + 2 * margin],
+        window,
         basis,
         core_start=margin,
         core_stop=margin + last - first,
@@ -48,24 +58,21 @@ for first in range(0, core, sub):
         amplitude_max=cfg["amplitude_max"],
         refractory_samples=ms_to_samples(cfg["refractory_ms"], rate),
     )
+    channels = pc_channels[part["unit_index"]]
+    snippets = extract_snippets(
+        window, part["sample_index"] + margin, channels, pre_samples=pre, post_samples=post
+    )
+    features.append(project_temporal(snippets, temporal))
+    places.append(np.stack(localize_spikes(snippets, channels, positions), axis=1))
     part["sample_index"] += first
     parts.append(part)
 spikes = np.concatenate(parts)
-# Per-spike PC features on each unit's channels (phy's pc_features) and position.
-pc_channels = b["neighbours"][tpl["peak_channels"]] if len(tpl["peak_channels"]) else (
-    np.zeros((0, b["neighbours"].shape[1]), dtype=np.int32)
-)
-channels = pc_channels[spikes["unit_index"]]
-snippets = extract_snippets(
-    window, spikes["sample_index"] + margin, channels, pre_samples=pre, post_samples=post
-)
-pcs = project_temporal(snippets, TemporalBasis(components=b["components"], mean=b["mean"]))
-x_um, y_um = localize_spikes(snippets, channels, positions)
+pcs = np.concatenate(features)
 spikes["sample_index"] += chunk["start"]
 write_npz(
     snakemake.output.spikes,
     spikes=spikes,
     pc_features=np.ascontiguousarray(pcs.transpose(0, 2, 1), dtype=np.float32),
-    positions_um=np.stack([x_um, y_um], axis=1).astype(np.float32),
+    positions_um=np.concatenate(places).astype(np.float32),
 )
 log.info("chunk %d [%d, %d): %d spikes", chunk["index"], chunk["start"], chunk["stop"], len(spikes))

@@ -4,7 +4,7 @@ import numpy as np
 
 from shardsort.detect import nearest_neighbours, neighbour_mask
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, read_h5, reuse_freed_memory, write_npz
+from shardsort.jobs import chunk_windows, job_logger, read_h5, reuse_freed_memory, write_npz
 from shardsort.motion import (
     depth_bin_edges,
     localized_peaks,
@@ -26,22 +26,27 @@ good = read_h5(snakemake.input.noise)["good_mask"].astype(bool)
 bin_samples = ms_to_samples(1000.0 * cfg["time_bin_s"], rate)
 
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
-window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
-peaks = localized_peaks(
-    window,
-    core_start=margin,
-    core_stop=margin + chunk["stop"] - chunk["start"],
-    threshold=cfg["peak_threshold"],
-    neighbour_mask=neighbour_mask(positions, radius_um=det["radius_um"]),
-    exclude_samples=ms_to_samples(det["exclude_ms"], rate),
-    good_mask=good,
-    neighbours=nearest_neighbours(
-        positions, n_neighbours=min(det["n_neighbours"], len(positions))
-    ),
-    positions_um=positions,
-    pre_samples=ms_to_samples(det["ms_before"], rate),
-    post_samples=ms_to_samples(det["ms_after"], rate),
-)
+# Block by block (shardsort.jobs.core_blocks): the same peaks as the whole chunk.
+mask = neighbour_mask(positions, radius_um=det["radius_um"])
+neighbours = nearest_neighbours(positions, n_neighbours=min(det["n_neighbours"], len(positions)))
+found = []
+for first, last, window in chunk_windows(rec, chunk, margin):
+    block = localized_peaks(
+        window,
+        core_start=margin,
+        core_stop=margin + last - first,
+        threshold=cfg["peak_threshold"],
+        neighbour_mask=mask,
+        exclude_samples=ms_to_samples(det["exclude_ms"], rate),
+        good_mask=good,
+        neighbours=neighbours,
+        positions_um=positions,
+        pre_samples=ms_to_samples(det["ms_before"], rate),
+        post_samples=ms_to_samples(det["ms_after"], rate),
+    )
+    block["sample_index"] += first
+    found.append(block)
+peaks = np.concatenate(found)
 first_bin, n_bins = time_bins_of_chunk(chunk["start"], chunk["stop"], bin_samples=bin_samples)
 edges = depth_bin_edges(positions, bin_um=cfg["depth_bin_um"])
 

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from shardsort.io.arrays import ChunkedRecording
-from shardsort.jobs import job_logger, pack_array, reuse_freed_memory, write_npz
+from shardsort.jobs import chunk_windows, job_logger, pack_array, reuse_freed_memory, write_npz
 from shardsort.templates import accumulate_templates
 from shardsort.workflow import waveform_samples
 
@@ -64,16 +64,23 @@ with h5py.File(snakemake.input.clusters, "r") as f:
     labels = f["template_labels"][lo:hi]
 
 sel = labels >= 0
+t, labels = t[sel] - chunk["start"], labels[sel]
 rec = ChunkedRecording(snakemake.input.chunks, n_samples=spec["n_samples"])
-window = rec.get_traces(chunk["start"] - margin, chunk["stop"] + margin, pad="zero")
-sums, counts = accumulate_templates(
-    window,
-    t[sel] - chunk["start"] + margin,
-    labels[sel],
-    n_units=n_units,
-    pre_samples=pre,
-    post_samples=post,
-)
+# Block by block (shardsort.jobs.core_blocks): the sums of int16 chunks are
+# exact in float64 (multiples of the int16 step), so they do not depend on
+# the blocks.
+sums = counts = None
+for first, last, window in chunk_windows(rec, chunk, margin):
+    inside = (t >= first) & (t < last)
+    sums, counts = accumulate_templates(
+        window,
+        t[inside] - first + margin,
+        labels[inside],
+        n_units=n_units,
+        pre_samples=pre,
+        post_samples=post,
+        out=None if sums is None else (sums, counts),
+    )
 # Only the clusters with spikes in this chunk are stored (most clusters have
 # none in any one chunk: their spikes are capped per unit over the recording).
 present = np.flatnonzero(counts)
@@ -84,4 +91,4 @@ present = np.flatnonzero(counts)
 write_npz(snakemake.output.sums,
           **pack_array("sums", sums[present], rows_per_block=SUM_ROWS_PER_BLOCK),
           present=present, counts=counts)
-log.info("chunk %d: %d spikes into %d templates", chunk["index"], int(sel.sum()), n_units)
+log.info("chunk %d: %d spikes into %d templates", chunk["index"], len(t), n_units)

@@ -175,6 +175,7 @@ def accumulate_templates(
     n_units: int,
     pre_samples: int,
     post_samples: int,
+    out: tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Sum the snippets of each unit over one time chunk.
 
@@ -194,6 +195,9 @@ def accumulate_templates(
         Snippet ``window[s - pre_samples : s + post_samples]``. Spikes whose
         snippet does not fit in ``window`` are skipped (use margins of at
         least ``pre_samples`` and ``post_samples``).
+    out : (sums, counts), optional
+        Arrays shaped as returned, added to in place and returned (a job
+        summing its chunk block by block keeps one set).
 
     Returns
     -------
@@ -222,13 +226,22 @@ def accumulate_templates(
         raise ValueError(f"post_samples must be >= 1, got {post_samples}")
 
     n_times = pre_samples + post_samples
-    sums = np.zeros((n_units, n_times, traces.shape[1]), dtype=np.float64)
+    shape = (n_units, n_times, traces.shape[1])
+    if out is None:
+        sums, total = np.zeros(shape, dtype=np.float64), np.zeros(n_units, dtype=np.int64)
+    else:
+        sums, total = out
+        if sums.shape != shape or sums.dtype != np.float64 or total.shape != (n_units,):
+            raise ValueError(
+                f"out must be float64 sums of shape {shape} and counts of shape "
+                f"({n_units},), got {sums.dtype} {sums.shape} and {total.shape}"
+            )
     starts = samples.astype(np.int64) - pre_samples
     usable = (labels >= 0) & (starts >= 0) & (starts + n_times <= traces.shape[0])
     order = np.argsort(labels[usable], kind="stable")
     starts = starts[usable][order]
     labels = labels[usable][order]
-    counts = np.bincount(labels, minlength=n_units).astype(np.int64)
+    total += np.bincount(labels, minlength=n_units).astype(np.int64)
 
     # Each unit's snippets are added in float64 one after the other, in runs
     # of at most `batch` spikes whose sum is then added to the unit's total
@@ -245,7 +258,7 @@ def accumulate_templates(
             for start in starts[begin + 1 : end]:
                 run += traces[start : start + n_times]
             sums[unit] += run
-    return sums, counts
+    return sums, total
 
 
 #: Rows added at a time when reducing sparse per-chunk sums.
@@ -1065,6 +1078,46 @@ def _check_noise_windows(
     return w, noise
 
 
+#: Templates projected together by :func:`noise_factors` and
+#: :func:`noise_lag_correlation`: neighbours on the probe (sorted by peak
+#: channel), so that the channels they span together stay few.
+_SPARSE_BLOCK = 32
+
+
+def _blocks_by_channels(
+    t: np.ndarray,
+) -> list[tuple[npt.NDArray[np.intp], int, int]]:
+    """Blocks of template indices, neighbours on the probe, with the channel
+    range ``[lo, hi)`` outside which every template of the block is zero.
+
+    Sparse templates (zero beyond ``sparsity_radius_um``) span tens of a
+    probe's hundreds of channels: projecting noise windows on a block's
+    channels only skips products with exact zeros (the same sums, up to the
+    order of the additions). Empty templates form no block.
+    """
+    n_units = len(t)
+    peak = np.empty(n_units, dtype=np.int64)
+    active = np.zeros((n_units, t.shape[2]), dtype=bool)
+    for j in range(0, n_units, _TEMPLATE_BLOCK):
+        part = np.abs(t[j : j + _TEMPLATE_BLOCK]).max(axis=1)
+        peak[j : j + len(part)] = part.argmax(axis=1)
+        active[j : j + len(part)] = part > 0
+    nonzero = np.flatnonzero(active.any(axis=1))
+    order = nonzero[np.argsort(peak[nonzero], kind="stable")]
+    blocks = []
+    for j in range(0, order.size, _SPARSE_BLOCK):
+        units = order[j : j + _SPARSE_BLOCK]
+        channels = np.flatnonzero(active[units].any(axis=0))
+        blocks.append((units, int(channels[0]), int(channels[-1]) + 1))
+    return blocks
+
+
+def _channel_major(x: np.ndarray, lo: int, hi: int, times: slice = slice(None)) -> np.ndarray:
+    """``x[:, times, lo:hi]`` as float64 rows, channel by channel (n, (hi - lo) * T)."""
+    part = x[:, times, lo:hi].transpose(0, 2, 1).astype(np.float64)
+    return part.reshape(len(x), -1)
+
+
 def noise_factors(
     templates: npt.ArrayLike, noise_windows: npt.ArrayLike
 ) -> npt.NDArray[np.float32]:
@@ -1091,19 +1144,19 @@ def noise_factors(
     t = np.asarray(templates)
     _, noise = _check_noise_windows(t[:0] if t.ndim == 3 else t, noise_windows)  # shapes only
     # Explicit widths: reshape(0, -1) is ambiguous and fails on zero templates.
-    flat_t = t.reshape(len(t), t.shape[1] * t.shape[2])
-    flat_noise = noise.reshape(len(noise), noise.shape[1] * noise.shape[2])
-    # Blocks of windows and of templates: no float64 copy of all windows or of
-    # all templates (hundreds of MB each for a thousand channels or clusters).
-    projections = np.empty((len(flat_noise), len(flat_t)))  # (n_windows, n_units)
-    norms = np.empty(len(flat_t))
-    for j in range(0, len(flat_t), _TEMPLATE_BLOCK):
-        flat_w = flat_t[j : j + _TEMPLATE_BLOCK].astype(np.float64)
-        norms[j : j + len(flat_w)] = (flat_w**2).sum(axis=1)
-        for i in range(0, len(flat_noise), 128):
-            projections[i : i + 128, j : j + len(flat_w)] = (
-                flat_noise[i : i + 128].astype(np.float64) @ flat_w.T
-            )
+    # Per block of neighbouring templates, on the channels they span: no
+    # float64 copy of all windows or of all templates (hundreds of MB each for
+    # a thousand channels or clusters), and no products with zero channels.
+    projections = np.zeros((len(noise), len(t)))  # (n_windows, n_units)
+    norms = np.zeros(len(t))
+    blocks = [(units, lo, hi, _channel_major(t[units], lo, hi))
+              for units, lo, hi in _blocks_by_channels(t)]
+    for units, _, _, flat_w in blocks:
+        norms[units] = (flat_w**2).sum(axis=1)
+    for i in range(0, len(noise), 256):
+        windows = noise[i : i + 256]
+        for units, lo, hi, flat_w in blocks:
+            projections[i : i + 256, units] = _channel_major(windows, lo, hi) @ flat_w.T
     centred = projections - np.median(projections, axis=0)
     variance = (1.4826 * np.median(np.abs(centred), axis=0)) ** 2
     factors = np.divide(variance, norms, out=np.ones_like(variance), where=norms > 0)
@@ -1159,15 +1212,18 @@ def noise_lag_correlation(
     if n_units == 0 or n_times < 2:
         return np.zeros(n_units, dtype=np.float32)
     # The template without its last sample, against the window at onsets 0 and
-    # 1; in blocks of templates and of windows (no float64 copy of them all).
-    a = np.empty((len(noise), n_units))  # (n_windows, n_units)
-    b = np.empty((len(noise), n_units))
-    for j in range(0, n_units, _TEMPLATE_BLOCK):
-        head = t[j : j + _TEMPLATE_BLOCK, :-1].astype(np.float64).reshape(-1, (n_times - 1) * n_channels)
-        for i in range(0, len(noise), 128):
-            block = noise[i : i + 128].astype(np.float64)
-            a[i : i + 128, j : j + len(head)] = block[:, :-1].reshape(len(block), -1) @ head.T
-            b[i : i + 128, j : j + len(head)] = block[:, 1:].reshape(len(block), -1) @ head.T
+    # 1; per block of neighbouring templates on the channels they span (no
+    # float64 copy of all templates or windows, no products with zeros).
+    a = np.zeros((len(noise), n_units))  # (n_windows, n_units)
+    b = np.zeros((len(noise), n_units))
+    head, tail = slice(None, -1), slice(1, None)
+    blocks = [(units, lo, hi, _channel_major(t[units], lo, hi, head))
+              for units, lo, hi in _blocks_by_channels(t)]
+    for i in range(0, len(noise), 256):
+        windows = noise[i : i + 256]
+        for units, lo, hi, flat_w in blocks:
+            a[i : i + 256, units] = _channel_major(windows, lo, hi, head) @ flat_w.T
+            b[i : i + 256, units] = _channel_major(windows, lo, hi, tail) @ flat_w.T
     # Robust correlation: 1 - var(a - b) / (2 var), spreads from the MAD, so
     # that windows holding spikes do not dominate.
     def robust_var(x):

@@ -638,3 +638,64 @@ def test_fallback_basis_is_orthonormal_and_projects_an_empty_spike_set():
     assert project_temporal(np.zeros((0, 75, 4), np.float32), basis).shape[0] == 0
     with pytest.raises(ValueError, match="n_components must be <= n_times=2, got 3"):
         fallback_temporal_basis(2, n_components=3)
+
+
+def test_chunk_read_block_by_block_gives_the_whole_chunks_spikes(
+    tmp_path, probe, basis, monkeypatch
+):
+    """A detect job reads its chunk block by block (shardsort.jobs.chunk_windows);
+    spikes planted across the block borders come out as from the whole chunk."""
+    from shardsort import jobs
+    from shardsort.io.arrays import ChunkedRecording, write_array
+
+    n_samples = 6000
+    spikes = [(int(t), (16.0, 20.0 * (k % 16)), 25.0)
+              for k, t in enumerate(range(150, n_samples - 150, 233))]
+    traces = plant(n_samples, probe["positions"], spikes, noise=1.0, seed=11)
+    for start in (0, 3000):  # two chunk files, as the preprocess jobs write them
+        write_array(tmp_path / f"t{start}.bin", traces[start : start + 3000],
+                    sampling_rate_hz=30000.0, start_sample=start)
+    recording = ChunkedRecording([tmp_path / "t0.bin", tmp_path / "t3000.bin"])
+    margin = detect_margin_samples(exclude_samples=EXCLUDE, pre_samples=PRE, post_samples=POST)
+    kwargs = dict(threshold=THRESHOLD, neighbour_mask=probe["mask"], exclude_samples=EXCLUDE,
+                  good_mask=None, neighbours=probe["neighbours"],
+                  positions_um=probe["positions"], pre_samples=PRE, post_samples=POST,
+                  pca_basis=basis)
+    chunk = {"start": 1000, "stop": 5000}
+    whole = recording.get_traces(1000 - margin, 5000 + margin)
+    expected, expected_features = detect_chunk(
+        whole, core_start=margin, core_stop=margin + 4000, **kwargs
+    )
+    monkeypatch.setattr(jobs, "BLOCK_VALUES", 700 * traces.shape[1])  # 6 blocks of ~667
+    blocks = list(jobs.chunk_windows(recording, chunk, margin))
+    assert len(blocks) == 6 and blocks[0][0] == 0 and blocks[-1][1] == 4000
+    parts = []
+    for first, last, window in blocks:
+        assert window.shape == (last - first + 2 * margin, traces.shape[1])
+        peaks, features = detect_chunk(
+            window, core_start=margin, core_stop=margin + last - first, **kwargs
+        )
+        peaks["sample_index"] += first
+        parts.append((peaks, features))
+    peaks = np.concatenate([p for p, _ in parts])
+    assert len(expected) >= 15
+    np.testing.assert_array_equal(peaks, expected)
+    np.testing.assert_array_equal(np.concatenate([f for _, f in parts]), expected_features)
+
+
+def test_core_blocks_cover_the_core_in_nearly_equal_blocks():
+    from shardsort.jobs import BLOCK_VALUES, core_blocks
+
+    for n_core, n_channels, margin, most in [(276_000, 384, 120, None), (9, 4, 1, None),
+                                             (1_650_000, 64, 300, None), (50_000, 384, 100, 7_000),
+                                             (1000, 8, 400, None)]:
+        blocks = core_blocks(n_core, n_channels=n_channels, margin_samples=margin,
+                             max_samples=most)
+        sizes = [last - first for first, last in blocks]
+        assert blocks[0][0] == 0 and blocks[-1][1] == n_core
+        assert all(b[1] == c[0] for b, c in zip(blocks, blocks[1:]))
+        assert max(sizes) - min(sizes) < len(blocks)  # only the last is shorter
+        cap = max(BLOCK_VALUES // n_channels, 4 * margin)
+        assert max(sizes) <= (cap if most is None else min(cap, most))
+        assert len(blocks) == 1 or min(sizes) >= min(4 * margin, n_core) // 2
+    assert core_blocks(0, n_channels=4, margin_samples=3) == []

@@ -11,6 +11,8 @@ from shardsort.templates import (
     align_templates,
     clean_templates,
     merge_similar_templates,
+    noise_factors,
+    noise_lag_correlation,
     reduce_templates,
     select_spikes_per_unit,
     template_amplitudes,
@@ -644,3 +646,62 @@ def test_reduce_templates_from_sparse_rows_equals_full_sums():
     np.testing.assert_array_equal(dense[1], sparse[1])
     with pytest.raises(ValueError, match="rows"):
         reduce_templates([(full[0][:2], counts[0], np.array([3, 1]))])
+
+
+def test_template_sums_added_block_by_block_equal_the_whole_chunk():
+    """accumulate_templates(out=...) adds to running sums: int16-step data
+    summed block by block gives exactly the whole chunk's sums."""
+    rng = np.random.default_rng(5)
+    window = (rng.integers(-2000, 2000, (3000, 6)) / 32.0).astype(np.float32)
+    samples = np.sort(rng.choice(np.arange(20, 2980), 300, replace=False))
+    labels = rng.integers(-1, 4, samples.size)
+    whole, counts = accumulate_templates(window, samples, labels, n_units=4,
+                                         pre_samples=5, post_samples=10)
+    out = None
+    for first, last in [(0, 700), (700, 1900), (1900, 3000)]:
+        inside = (samples >= first) & (samples < last)
+        lo, hi = max(0, first - 5), min(3000, last + 10)
+        out = accumulate_templates(
+            window[lo:hi], samples[inside] - lo, labels[inside], n_units=4,
+            pre_samples=5, post_samples=10, out=out,
+        )
+    np.testing.assert_array_equal(out[0], whole)
+    np.testing.assert_array_equal(out[1], counts)
+    with pytest.raises(ValueError, match="out must be float64 sums of shape"):
+        accumulate_templates(window, samples, labels, n_units=4, pre_samples=5,
+                             post_samples=10, out=(np.zeros((4, 15, 5)), counts))
+
+
+def test_noise_projections_on_the_templates_channels_equal_the_full_products():
+    """noise_factors / noise_lag_correlation project noise on each block's
+    channels only; the results equal the products over all channels."""
+    rng = np.random.default_rng(9)
+    n_units, n_times, n_channels = 70, 12, 48
+    t = np.zeros((n_units, n_times, n_channels), np.float32)
+    for k in range(n_units):
+        c = rng.integers(0, n_channels)
+        lo, hi = max(0, c - 4), min(n_channels, c + 4)
+        t[k, :, lo:hi] = rng.normal(0, 1, (n_times, hi - lo))
+    t[3] = 0
+    noise = rng.normal(0, 1, (300, n_times, n_channels)).astype(np.float32)
+    flat_t = t.reshape(n_units, -1).astype(np.float64)
+    flat_n = noise.reshape(len(noise), -1).astype(np.float64)
+    projections = flat_n @ flat_t.T
+    variance = (1.4826 * np.median(np.abs(projections - np.median(projections, axis=0)),
+                                   axis=0)) ** 2
+    norms = (flat_t**2).sum(axis=1)
+    expected = np.maximum(np.where(norms > 0, variance / np.where(norms > 0, norms, 1), 1.0),
+                          1e-3)
+    np.testing.assert_allclose(noise_factors(t, noise), expected, rtol=1e-6)
+    assert noise_factors(t, noise)[3] == 1.0
+    head = t[:, :-1].reshape(n_units, -1).astype(np.float64)
+    a = noise[:, :-1].reshape(len(noise), -1).astype(np.float64) @ head.T
+    b = noise[:, 1:].reshape(len(noise), -1).astype(np.float64) @ head.T
+
+    def robust_var(x):
+        return (1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)) ** 2
+
+    spread = 0.5 * (robust_var(a) + robust_var(b))
+    rho = np.where(spread > 0, 1 - robust_var(a - b) / (2 * np.where(spread > 0, spread, 1)), 0)
+    np.testing.assert_allclose(noise_lag_correlation(t, noise), rho, rtol=1e-5, atol=1e-6)
+    assert noise_lag_correlation(t, noise)[3] == 0.0
