@@ -12,7 +12,7 @@ from shardsort.io.arrays import (
     read_sidecar,
     write_array,
 )
-from shardsort.jobs import job_logger, read_h5, reuse_freed_memory
+from shardsort.jobs import core_blocks, job_logger, read_h5, reuse_freed_memory
 from shardsort.motion import channel_displacement, correct_motion
 
 log = job_logger(snakemake)
@@ -30,31 +30,40 @@ per_shank = "window_shank" in motion
 
 def correct() -> None:
     rec = ChunkedRecording([snakemake.input.chunk], n_samples=spec["n_samples"])
-    traces = rec.get_traces(chunk["start"], chunk["stop"], pad=None)
-    corrected = correct_motion(
-        traces,
-        start_sample=chunk["start"],
-        displacement_um=channel_displacement(
-            motion["displacement_um"], motion["window_centres_um"], positions[:, 1],
-            window_shank=motion["window_shank"] if per_shank else None,
-            channel_shank_ids=shank_ids if per_shank else None,
-        ),
-        bin_samples=int(motion["attrs"]["bin_samples"]),
-        positions_um=positions,
-        sigma_um=cfg["interpolation_sigma_um"],
-        good_mask=good,
-        border=cfg["border"],
-        shank_ids=shank_ids if per_shank else None,
+    displacement = channel_displacement(
+        motion["displacement_um"], motion["window_centres_um"], positions[:, 1],
+        window_shank=motion["window_shank"] if per_shank else None,
+        channel_shank_ids=shank_ids if per_shank else None,
     )
     # Same storage as the preprocessed chunk (float32, or int16 with its scale;
     # compressed or not).
     side = read_sidecar(snakemake.input.chunk)
     attrs = {"start_sample": chunk["start"]}
-    if np.dtype(side["dtype"]) == np.int16:
+    as_int16 = np.dtype(side["dtype"]) == np.int16
+    if as_int16:
         scale = float(side["scale"])
         attrs["scale"] = scale
-        corrected = np.clip(np.rint(corrected * np.float32(1.0 / scale)), -32767, 32767)
-        corrected = corrected.astype(np.int16)
+    n_channels = len(positions)
+    corrected = np.empty((chunk["stop"] - chunk["start"], n_channels),
+                         dtype=np.int16 if as_int16 else np.float32)
+    # Block by block (shardsort.jobs.core_blocks): an output sample depends only
+    # on the same input sample and its index, so the blocks give the whole
+    # chunk's values.
+    for first, last in core_blocks(len(corrected), n_channels=n_channels, margin_samples=0):
+        block = correct_motion(
+            rec.get_traces(chunk["start"] + first, chunk["start"] + last, pad=None),
+            start_sample=chunk["start"] + first,
+            displacement_um=displacement,
+            bin_samples=int(motion["attrs"]["bin_samples"]),
+            positions_um=positions,
+            sigma_um=cfg["interpolation_sigma_um"],
+            good_mask=good,
+            border=cfg["border"],
+            shank_ids=shank_ids if per_shank else None,
+        )
+        if as_int16:
+            block = np.clip(np.rint(block * np.float32(1.0 / scale)), -32767, 32767)
+        corrected[first:last] = block
     compression = compression_of(side)
     write_array(
         snakemake.output.data, corrected, sampling_rate_hz=spec["sampling_rate_hz"],

@@ -6,14 +6,16 @@ runs, and the same inputs always give the same shards.
 
 Working-set model
 -----------------
-Every per-chunk job (filter, preprocess, detect, templates, deconvolve) holds a
-window of ``(chunk_samples + 2 * margin_samples) * n_channels`` values plus a
-bounded number of working copies of it (the filtered chunk, worked on in
-place, and its int16 and compressed copies in ``preprocess``; the residual and
-per-unit objective in ``deconvolve``). We model
-the peak as ``BYTES_PER_VALUE`` bytes per sample and channel, a conservative
-envelope over those stages measured with the rules' ``benchmark:`` files, plus a
-fixed interpreter/library overhead ``BASE_OVERHEAD_MB``::
+The jobs that write a whole chunk (filter, preprocess, correct) hold it
+once or twice: ``preprocess`` its filtered float32 chunk with margins (filtered
+in place, a segment of rows read at a time), its int16 and compressed copies
+(~7 bytes per value); ``correct`` its int16 and compressed output (~5). The
+jobs that only read a chunk (motion_peaks, detect, template_sums, deconvolve)
+work through it in blocks of at most 64 MB (``shardsort.jobs.core_blocks``), so
+their memory does not grow with the chunk. We model the peak as
+``BYTES_PER_VALUE`` bytes per sample and channel of the chunk with its margins,
+an envelope over those stages measured with the rules' ``benchmark:`` files,
+plus a fixed interpreter/library overhead ``BASE_OVERHEAD_MB``::
 
     peak_bytes = BASE_OVERHEAD_MB * 2**20
                  + BYTES_PER_VALUE * (chunk_samples + 2 * margin_samples) * n_channels
@@ -58,11 +60,12 @@ import math
 from dataclasses import dataclass, field
 
 #: Bytes per (sample, channel) at the peak of the most demanding per-chunk stage.
-#: Measured at 384 channels (max RSS above the interpreter, 6.3-s chunks):
-#: preprocess 8.1 (filtering inside, reference in place), deconvolve 8.0,
-#: template_sums 6.6, motion_peaks 4.8, detect 4.2; 16 keeps a 2x safety margin
-#: (was 24 when preprocess held three copies: 11-14 bytes).
-BYTES_PER_VALUE = 16
+#: Measured (max RSS above the interpreter): preprocess 7.0 at 384 channels
+#: (15.8-s chunks) and 7.4 at 64 (75-s chunks), correct 4.7 (drift applied);
+#: the block-wise readers stay below 470 MB whatever the chunk. 10 keeps a
+#: 1.35x margin (was 16 when the filter and the readers held several copies of
+#: the whole chunk: 8 bytes, 11 at 64 channels).
+BYTES_PER_VALUE = 10
 #: Interpreter, numpy/scipy and library overhead of one job, in MiB
 #: (measured 50-80 MiB after imports; the rest is headroom for small buffers).
 BASE_OVERHEAD_MB = 250

@@ -52,12 +52,12 @@ def test_chunks_tile_the_recording_and_fit_the_budget():
 
 
 def test_chunks_are_balanced_without_a_short_remainder():
-    # 384 channels x 60 s at 2000 MB: at most 9.8 s per chunk; seven chunks of
-    # 8.6 s (the last 8.4 s) rather than six of 9.8 s and a 1.2 s remainder.
-    p = _plan(n_channels=384, max_memory_mb=2000)
+    # 384 channels x 49 s at 2000 MB: at most 15.8 s per chunk; four chunks of
+    # 12.3 s (the last 12.1 s) rather than three of 15.8 s and a 1.6 s remainder.
+    p = _plan(n_samples=30000 * 49, n_channels=384, max_memory_mb=2000)
     _check_tiling(p)
-    assert p.n_chunks == 7
-    assert [c.n_samples for c in p.chunks] == [258000] * 6 + [252000]
+    assert p.n_chunks == 4
+    assert [c.n_samples for c in p.chunks] == [369000] * 3 + [363000]
     quantum = int(planmod.CHUNK_QUANTUM_S * 30000)
     for n_samples in (30000 * 60 + 17, 30000 * 121, 30000 * 600 + 1):
         p = _plan(n_samples=n_samples, n_channels=384, max_memory_mb=2000)
@@ -71,7 +71,7 @@ def test_chunks_are_balanced_without_a_short_remainder():
     [
         (16, 120, 2000, 1),  # 2 x 960 channel-s would be below min_job_channel_s
         (64, 60, 4000, 2),  # fits one chunk; cut in two chunks of 1,920 channel-s
-        (64, 120, 2000, 3),  # the budget cuts it finer anyway
+        (64, 240, 2000, 3),  # the budget cuts it finer anyway
         (32, 20, 2000, 1),
     ],
 )
@@ -181,7 +181,7 @@ def test_plan_is_pure():
 
 
 def test_neighbour_chunks_cover_margins():
-    p = _plan()
+    p = _plan(max_memory_mb=600)
     n = p.n_chunks
     assert n >= 3
     assert p.neighbour_chunks(0, 10) == [0, 1]
