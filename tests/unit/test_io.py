@@ -17,6 +17,7 @@ from shardsort.io.arrays import (
     read_array,
     read_rows,
     read_rows_into,
+    write_array_rows,
     read_sidecar,
     round_mantissa,
     write_array,
@@ -959,3 +960,32 @@ def test_reuse_freed_memory_keeps_large_arrays_working():
         block = np.full((5_000_000, 2), 3.0, dtype=np.float64)  # 80 MB: above mmap's 32 MB
         assert float(block.sum()) == 3.0e7
         del block
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_array_written_by_rows_is_the_file_write_array_writes(tmp_path, compression):
+    data = noise_int16(5000, 7)
+    write_array(tmp_path / "whole.bin", data, compression=compression, block_rows=512,
+                sampling_rate_hz=30000.0, start_sample=123, scale=1 / 32)
+    parts = [data[:1024], data[1024:1024], data[1024:4096], data[4096:]]
+    write_array_rows(tmp_path / "rows.bin", iter(parts), shape=data.shape, dtype=np.int16,
+                     compression=compression, block_rows=512, sampling_rate_hz=30000.0,
+                     start_sample=123, scale=1 / 32)
+    assert (tmp_path / "rows.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
+    assert ((tmp_path / "rows.bin.yaml").read_text()
+            == (tmp_path / "whole.bin.yaml").read_text())
+    np.testing.assert_array_equal(read_array(tmp_path / "rows.bin"), data)
+
+
+def test_array_written_by_rows_checks_its_blocks_and_leaves_nothing(tmp_path):
+    data = noise_int16(3000, 4)
+    cases = [
+        ([data[:1000], data[1000:]], "multiple of block_rows=512"),
+        ([data[:1024], data[1024:2048]], "the blocks hold 2048 rows, expected 3000"),
+        ([data[:, :3]], "a block of shape"),
+    ]
+    for parts, match in cases:
+        with pytest.raises(ValueError, match=match):
+            write_array_rows(tmp_path / "x.bin", parts, shape=data.shape, dtype=np.int16,
+                             compression="lz4", block_rows=512)
+        assert list(tmp_path.iterdir()) == []

@@ -51,7 +51,7 @@ import math
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,24 +271,7 @@ def write_array(
         ``block_rows`` < 1, a compressed array is 0-d, or ``mantissa_bits``
         is given without compression or for an array that is not float32.
     """
-    clash = sorted(RESERVED_KEYS.intersection(attrs))
-    if clash:
-        raise ValueError(
-            f"attrs may not use the reserved sidecar keys {clash}; "
-            f"expected names other than {sorted(RESERVED_KEYS)}"
-        )
-    if sampling_rate_hz is not None and not (
-        np.isfinite(sampling_rate_hz) and sampling_rate_hz > 0
-    ):
-        raise ValueError(
-            "sampling_rate_hz must be a finite number > 0 or None, "
-            f"got {sampling_rate_hz!r}"
-        )
-    compression = "none" if compression is None else compression
-    if compression not in COMPRESSIONS:
-        raise ValueError(
-            f"compression must be one of {list(COMPRESSIONS)} or None, got {compression!r}"
-        )
+    compression = _check_write_args(attrs, sampling_rate_hz, compression, block_rows)
     data = np.asarray(array, order="C")
     target = os.fspath(path)
     sidecar = {
@@ -346,6 +329,150 @@ def write_array(
             os.remove(data_tmp)
         raise
     _fsync_directory(os.path.dirname(os.path.abspath(target)))
+
+
+def write_array_rows(
+    path: PathLike,
+    rows: Iterable[np.ndarray],
+    *,
+    shape: Sequence[int],
+    dtype: npt.DTypeLike,
+    sampling_rate_hz: float | None = None,
+    compression: str | None = None,
+    block_rows: int = BLOCK_ROWS,
+    **attrs: Any,
+) -> None:
+    """Write an array given as consecutive blocks of rows: the file and
+    sidecar :func:`write_array` writes for the whole array, atomically.
+
+    Each block is encoded (or written) as it comes, so the caller never holds
+    the whole array: a preprocess job turns its filtered chunk into int16 a
+    block at a time. With compression, every block but the last must hold a
+    whole number of ``block_rows`` rows.
+
+    Parameters
+    ----------
+    rows : iterable of array_like
+        Blocks of ``shape[1:]`` rows, cast to ``dtype``, ``shape[0]`` rows in all.
+    shape, dtype
+        Of the whole array (at least 1-D).
+    sampling_rate_hz, compression, block_rows, **attrs
+        As for :func:`write_array` (no ``mantissa_bits``).
+
+    Raises
+    ------
+    ValueError
+        As :func:`write_array`, and for blocks of the wrong shape, a block
+        that is not a whole number of ``block_rows`` before the last, or a
+        row count other than ``shape[0]`` (no file is left behind).
+    """
+    compression = _check_write_args(attrs, sampling_rate_hz, compression, block_rows)
+    shape = tuple(int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    if not shape:
+        raise ValueError("shape must have at least one axis (rows), got ()")
+    target = os.fspath(path)
+    sidecar = {
+        "dtype": _dtype_to_yaml(dtype),
+        "shape": list(shape),
+        "order": "C",
+        "sampling_rate_hz": None if sampling_rate_hz is None else float(sampling_rate_hz),
+    }
+    n_rows, block_rows = shape[0], int(block_rows)
+    compressed = compression != "none"
+    n_blocks = -(-n_rows // block_rows)
+    header_bytes = len(_MAGIC) + 8 + 8 * (n_blocks + 1) + 4 * n_blocks
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(target)
+    data_tmp = _temporary_name(target)
+    try:
+        with open(data_tmp, "wb") as handle:
+            if compressed:
+                codec = _blosc(compression)
+                handle.write(bytes(header_bytes))  # the block table, written last
+                sizes: list[int] = []
+                crcs: list[int] = []
+            written = 0
+            for block in rows:
+                block = np.ascontiguousarray(block, dtype=dtype)
+                if block.shape[1:] != shape[1:] or written + len(block) > n_rows:
+                    raise ValueError(
+                        f"{target!r}: a block of shape {block.shape} does not fit rows "
+                        f"{written}.. of an array of shape {shape}"
+                    )
+                if compressed:
+                    if len(block) % block_rows and written + len(block) != n_rows:
+                        raise ValueError(
+                            f"{target!r}: blocks before the last must hold a multiple of "
+                            f"block_rows={block_rows} rows, got {len(block)}"
+                        )
+                    for i in range(0, len(block), block_rows):
+                        encoded = codec.encode(block[i : i + block_rows])
+                        handle.write(encoded)
+                        sizes.append(len(encoded))
+                        crcs.append(zlib.crc32(encoded))
+                else:
+                    block.tofile(handle)
+                written += len(block)
+            if written != n_rows:
+                raise ValueError(
+                    f"{target!r}: the blocks hold {written} rows, expected {n_rows} "
+                    f"(shape {shape})"
+                )
+            if compressed:
+                offsets = header_bytes + np.concatenate(
+                    [[0], np.cumsum(sizes, dtype=np.uint64)]
+                ).astype("<u8")
+                handle.seek(0)
+                handle.write(_MAGIC + np.array([n_blocks], dtype="<u8").tobytes()
+                             + offsets.tobytes() + np.array(crcs, dtype="<u4").tobytes())
+                sidecar["compression"] = {
+                    "codec": "blosc",
+                    "cname": compression,
+                    "clevel": CLEVELS[compression],
+                    "shuffle": "bitshuffle",
+                    "block_rows": block_rows,
+                    "file_bytes": header_bytes + sum(sizes),
+                }
+            handle.flush()
+            os.fsync(handle.fileno())
+        sidecar.update(_plain(attrs))
+        text = yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None).encode()
+        atomic_write_bytes(sidecar_path(target), text)
+        os.replace(data_tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(data_tmp)
+        raise
+    _fsync_directory(os.path.dirname(os.path.abspath(target)))
+
+
+def _check_write_args(attrs, sampling_rate_hz, compression, block_rows) -> str:
+    """The checks :func:`write_array` and :func:`write_array_rows` share; the
+    compression as a name."""
+    clash = sorted(RESERVED_KEYS.intersection(attrs))
+    if clash:
+        raise ValueError(
+            f"attrs may not use the reserved sidecar keys {clash}; "
+            f"expected names other than {sorted(RESERVED_KEYS)}"
+        )
+    if sampling_rate_hz is not None and not (
+        np.isfinite(sampling_rate_hz) and sampling_rate_hz > 0
+    ):
+        raise ValueError(
+            "sampling_rate_hz must be a finite number > 0 or None, "
+            f"got {sampling_rate_hz!r}"
+        )
+    compression = "none" if compression is None else compression
+    if compression not in COMPRESSIONS:
+        raise ValueError(
+            f"compression must be one of {list(COMPRESSIONS)} or None, got {compression!r}"
+        )
+    if compression != "none" and not (
+        isinstance(block_rows, (int, np.integer)) and block_rows >= 1
+    ):
+        raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
+    return compression
 
 
 def round_mantissa(
