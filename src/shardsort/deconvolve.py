@@ -309,14 +309,24 @@ def prepare_templates(
                 f"{noise_factors.shape}"
             )
     rank = min(rank, n_times, n_channels)
-    left, singular, right = np.linalg.svd(array, full_matrices=False)
-    temporal = left[:, :, :rank] * singular[:, None, :rank]  # (K, T, R)
-    spatial = right[:, :rank, :].transpose(0, 2, 1)  # (K, C, R)
-    # A channel where a template is zero (sparse templates) has a zero row
-    # in the exact SVD; LAPACK leaves rounding residue there. Exact zeros let
-    # the matching skip the channels and unit pairs that do not overlap.
-    spatial = np.where((array != 0).any(axis=1)[:, :, None], spatial, 0.0)
-    norms = (singular[:, :rank] ** 2).sum(axis=1)
+    # Each template's SVD on its own channels (sparse templates span tens of a
+    # probe's hundreds): a channel where a template is zero has a zero row in
+    # the exact SVD, and exact zeros let the matching skip the channels and
+    # unit pairs that do not overlap. Components beyond a template's rank
+    # (fewer channels than ``rank``) are zero.
+    temporal = np.zeros((n_units, n_times, rank))
+    spatial = np.zeros((n_units, n_channels, rank))
+    singular = np.zeros((n_units, rank))
+    for unit, channels in enumerate((array != 0).any(axis=1)):
+        where = np.flatnonzero(channels)
+        if where.size == 0:
+            continue
+        left, values, right = np.linalg.svd(array[unit][:, where], full_matrices=False)
+        r = min(rank, values.size)
+        temporal[unit, :, :r] = left[:, :r] * values[:r]  # (T, R)
+        spatial[unit, where, :r] = right[:r].T  # (C, R)
+        singular[unit, :r] = values[:r]
+    norms = (singular**2).sum(axis=1)
     offsets = _subsample_offsets(upsample)
 
     spatial_flat = spatial.transpose(1, 0, 2).reshape(n_channels, n_units * rank)

@@ -642,21 +642,36 @@ def _similarity_and_lags(
     for j in range(0, n_units, _TEMPLATE_BLOCK):
         block = templates[j : j + _TEMPLATE_BLOCK].astype(np.float64)
         flat_norms[j : j + len(block)] = np.sqrt((block**2).sum(axis=(1, 2)))
-    best = np.full((n_units, n_units), -np.inf)
+    # Pairs of templates without a channel in common have no product at any
+    # lag: zero, lag 0. The others, by blocks of neighbouring templates on the
+    # channels the two blocks share.
+    best = np.zeros((n_units, n_units))
     lags = np.zeros((n_units, n_units), dtype=np.int64)
-    # Row views of one flat array: a lag's head and tail are column ranges of
-    # it (no copy of the stack per lag; the products see the same values).
-    flat = np.ascontiguousarray(templates).reshape(n_units, n_times * n_channels)
-    for lag in range(max_shift_samples + 1):
-        # gram[i, j] = sum_t <templates[i, t], templates[j, t + lag]>
-        width = (n_times - lag) * n_channels
-        head = flat[:, :width]
-        tail = flat[:, lag * n_channels :]
-        gram = head @ tail.T
-        for value, signed_lag in ((gram, lag), (gram.T, -lag)):
-            better = value > best
-            best[better] = value[better]
-            lags[better] = signed_lag
+    blocks = [(units, lo, hi) for units, lo, hi in _blocks_by_channels(templates)]
+    for a, (units_a, lo_a, hi_a) in enumerate(blocks):
+        for units_b, lo_b, hi_b in blocks[a:]:
+            lo, hi = max(lo_a, lo_b), min(hi_a, hi_b)
+            if lo >= hi:
+                continue
+            first = np.ascontiguousarray(templates[units_a][:, :, lo:hi])
+            second = np.ascontiguousarray(templates[units_b][:, :, lo:hi])
+            pair_best = np.full((len(units_a), len(units_b)), -np.inf)
+            pair_lags = np.zeros(pair_best.shape, dtype=np.int64)
+            for lag in range(max_shift_samples + 1):
+                # [i, j]: sum_t <first[i, t], second[j, t + lag]>, and the reverse.
+                forward = (first[:, : n_times - lag].reshape(len(first), -1)
+                           @ second[:, lag:].reshape(len(second), -1).T)
+                backward = (first[:, lag:].reshape(len(first), -1)
+                            @ second[:, : n_times - lag].reshape(len(second), -1).T)
+                for value, signed_lag in ((forward, lag), (backward, -lag)):
+                    better = value > pair_best
+                    pair_best[better] = value[better]
+                    pair_lags[better] = signed_lag
+            best[np.ix_(units_a, units_b)] = pair_best
+            lags[np.ix_(units_a, units_b)] = pair_lags
+            if units_b is not units_a:
+                best[np.ix_(units_b, units_a)] = pair_best.T
+                lags[np.ix_(units_b, units_a)] = -pair_lags.T
     # Mirror the upper triangle so that rounding cannot break the symmetry.
     upper = np.triu_indices(n_units, 1)
     best.T[upper] = best[upper]
