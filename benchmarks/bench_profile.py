@@ -322,31 +322,10 @@ def _n_units_spikes(results: Path) -> tuple[int, int]:
     return n_units, n_spikes
 
 
-def run(ctx: Context) -> list[Table]:
-    n_channels, seconds = (64, 20.0) if ctx.quick else (384, 60.0)
-    rates = machine_rates()
-    startup = startup_rows()
-    script_startup = next(r for r in startup if r["what"] == "filter job imports")["cpu_s"]
-    ctx.log(f"profile: rates {rates}, start-up {startup}")
-    recording = generate_recording(
-        ctx.data, f"np_{n_channels}ch_{seconds:g}s", n_channels=n_channels,
-        duration_s=seconds, n_units=n_channels // 4, seed=3,
-    )
-    folder = ctx.work / "profile"
-    folder.mkdir(parents=True, exist_ok=True)
-    table = write_table(folder / f"{recording.name}.tsv", [recording])
-    plan = plan_for(recording, ctx.config)
-    try:
-        work2, run2 = _sort(ctx, recording, table, 2)
-        dry = run_snakemake(work2, table, "-n", "--forceall", "--quiet", "rules",
-                            log_name="dryrun")
-        work1, run1 = _sort(ctx, recording, table, 1)
-        # the recordings table must still point to the raw file
-        jobs, deps = job_graph(work2, table)
-    finally:
-        if not ctx.keep_data:
-            shutil.rmtree(ctx.data / recording.name, ignore_errors=True)
-    results = work2 / "results" / recording.name
+def _stage_rows(ctx: Context, recording, work: Path, plan, rates: dict,
+                script_startup: float) -> tuple[list[dict], int]:
+    """Per-stage rows (and the sort's unit count) from a sort's benchmark files."""
+    results = work / "results" / recording.name
     stats = JobStats.read(results / "benchmarks")
     n_units, n_spikes = _n_units_spikes(results)
 
@@ -396,6 +375,57 @@ def run(ctx: Context) -> list[Table]:
             "max_rss_MB": stats.max_rss(),
         }
     )
+
+    return stage_rows, n_units
+
+
+def run(ctx: Context) -> list[Table]:
+    n_channels, seconds = (64, 20.0) if ctx.quick else (384, 60.0)
+    rates = machine_rates()
+    startup = startup_rows()
+    script_startup = next(r for r in startup if r["what"] == "filter job imports")["cpu_s"]
+    ctx.log(f"profile: rates {rates}, start-up {startup}")
+    recording = generate_recording(
+        ctx.data, f"np_{n_channels}ch_{seconds:g}s", n_channels=n_channels,
+        duration_s=seconds, n_units=n_channels // 4, seed=3,
+    )
+    folder = ctx.work / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = write_table(folder / f"{recording.name}.tsv", [recording])
+    plan = plan_for(recording, ctx.config)
+    try:
+        work2, run2 = _sort(ctx, recording, table, 2)
+        dry = run_snakemake(work2, table, "-n", "--forceall", "--quiet", "rules",
+                            log_name="dryrun")
+        work1, run1 = _sort(ctx, recording, table, 1)
+        # the recordings table must still point to the raw file
+        jobs, deps = job_graph(work2, table)
+    finally:
+        if not ctx.keep_data:
+            shutil.rmtree(ctx.data / recording.name, ignore_errors=True)
+    stage_rows, n_units = _stage_rows(ctx, recording, work2, plan, rates, script_startup)
+    duration = recording.duration_s
+    wide_rows, wide_title = [], ""
+    if not ctx.quick:  # the same table at 1,024 channels (--cores 2 only)
+        wide = generate_recording(
+            ctx.data, "np_1024ch_30s", n_channels=1024, duration_s=30.0, n_units=256, seed=3,
+        )
+        wide_table = write_table(folder / f"{wide.name}.tsv", [wide])
+        wide_plan = plan_for(wide, ctx.config)
+        try:
+            wide_work, wide_run = _sort(ctx, wide, wide_table, 2)
+        finally:
+            if not ctx.keep_data:
+                shutil.rmtree(ctx.data / wide.name, ignore_errors=True)
+        wide_rows, wide_units = _stage_rows(ctx, wide, wide_work, wide_plan, rates,
+                                            script_startup)
+        wide_title = (
+            f"{wide.name} ({wide_plan.n_chunks} chunks of "
+            f"{wide_plan.chunk_samples / wide_plan.sampling_rate_hz:g} s, {wide_units} units, "
+            f"`--cores 2`): wall {wide_run.wall_s:.1f} s = "
+            f"{wide_run.wall_s / wide.duration_s:.2f} x real time, "
+            f"{wide_run.cpu_s:.0f} CPU-s"
+        )
 
     projections = []
     for column in ("cpu_time", "s"):
@@ -461,6 +491,12 @@ def run(ctx: Context) -> list[Table]:
             f"bench_profile.stage_floors; cpu/floor: how far each stage is from it. "
             f"{note_load}.",
         ),
+        *([Table(
+            "profile_1024",
+            f"Where the time goes per stage: {wide_title}",
+            wide_rows,
+            note="columns as above; floors from the same machine rates.",
+        )] if wide_rows else []),
         Table(
             "profile_startup",
             "Fixed cost of a job: fresh interpreters doing only the imports",
