@@ -365,7 +365,7 @@ def _bandpass_rows(
     array the backward pass then runs over in place.
     """
     from .compiled import sos_cascade
-    from .preprocess import _remove_dc_zero, _scipy_padlen, _sosfilt_zi, zero_nonfinite
+    from .preprocess import _edge_padding, _remove_dc_zero, _sosfilt_zi, zero_nonfinite
 
     if segment_rows < 2:
         raise ValueError(f"segment_rows must be an integer >= 2, got {segment_rows!r}")
@@ -374,14 +374,7 @@ def _bandpass_rows(
     at_start, at_end = lo == 0, hi == recording.n_samples
     if stop == start:
         return np.zeros((0, n_channels), dtype=np.float32), {}
-    pad = _scipy_padlen(sos)
-    if (at_start or at_end) and n_window <= pad:
-        raise ValueError(
-            f"window touching the recording edge must hold more than padlen={pad} "
-            f"samples, got {n_window} (scipy.signal.sosfiltfilt raises likewise)"
-        )
-    pad_start = pad if at_start else 0
-    pad_end = pad if at_end else 0
+    pad_start, pad_end = _edge_padding(sos, n_window, at_start, at_end)
     after_differencer = _remove_dc_zero(sos)
     # Rows of the differenced, extended window: d[0] = 0, d[1 : pad_start + 1]
     # the mirror image of d[pad_start + 1 : 2 pad_start + 1], then

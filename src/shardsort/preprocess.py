@@ -421,14 +421,7 @@ def bandpass_filter(
     after_differencer = _remove_dc_zero(sos)
     if core_stop == core_start:
         return np.zeros((0, n_channels), dtype=np.float32)
-    pad = _scipy_padlen(sos)
-    if (at_recording_start or at_recording_end) and n_window <= pad:
-        raise ValueError(
-            f"window touching the recording edge must hold more than padlen={pad} "
-            f"samples, got {n_window} (scipy.signal.sosfiltfilt raises likewise)"
-        )
-    pad_start = pad if at_recording_start else 0
-    pad_end = pad if at_recording_end else 0
+    pad_start, pad_end = _edge_padding(sos, n_window, at_recording_start, at_recording_end)
 
     # Forward pass on the first difference d[k] = x[k] - x[k-1] (exact in
     # float32 for integer samples). scipy starts from the steady state of a
@@ -454,6 +447,20 @@ def bandpass_filter(
     state = _sosfilt_zi(sos)[:, :, None] * tail[-1].astype(np.float64)
     sos_cascade(tail, sos, state, True, tail)
     return tail[: core_stop - core_start]
+
+
+def _edge_padding(
+    sos: np.ndarray, n_window: int, at_recording_start: bool, at_recording_end: bool
+) -> tuple[int, int]:
+    """Samples of scipy's odd extension before and after a window (at the
+    recording's edges only), checking the window is long enough for it."""
+    pad = _scipy_padlen(sos)
+    if (at_recording_start or at_recording_end) and n_window <= pad:
+        raise ValueError(
+            f"window touching the recording edge must hold more than padlen={pad} "
+            f"samples, got {n_window} (scipy.signal.sosfiltfilt raises likewise)"
+        )
+    return (pad if at_recording_start else 0), (pad if at_recording_end else 0)
 
 
 def _remove_dc_zero(sos: np.ndarray) -> np.ndarray:

@@ -308,21 +308,35 @@ def write_array(
     else:
         chunks = [data]
     sidecar.update(_plain(attrs))
-    text = yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None).encode()
+    with _array_file(target) as (handle, done):
+        for chunk in chunks:
+            if isinstance(chunk, np.ndarray):
+                chunk.tofile(handle)
+            else:
+                handle.write(chunk)
+        done["sidecar"] = sidecar
 
+
+@contextlib.contextmanager
+def _array_file(target: str) -> Iterator[tuple[Any, dict]]:
+    """A temporary file next to ``target`` to write an array's bytes into.
+
+    The caller writes the data and puts the sidecar mapping under
+    ``"sidecar"`` of the yielded dict; on leaving, the data is synced, the
+    sidecar written and the data moved to ``target`` (a reader never sees a
+    half-written array); on an error the temporary file is removed.
+    """
     with contextlib.suppress(FileNotFoundError):
         os.remove(target)
     data_tmp = _temporary_name(target)
+    done: dict[str, Any] = {}
     try:
         with open(data_tmp, "wb") as handle:
-            for chunk in chunks:
-                if isinstance(chunk, np.ndarray):
-                    chunk.tofile(handle)
-                else:
-                    handle.write(chunk)
+            yield handle, done
             handle.flush()
             os.fsync(handle.fileno())
-        atomic_write_bytes(sidecar_path(target), text)
+        text = yaml.safe_dump(done["sidecar"], sort_keys=False, default_flow_style=None)
+        atomic_write_bytes(sidecar_path(target), text.encode())
         os.replace(data_tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -382,69 +396,56 @@ def write_array_rows(
     compressed = compression != "none"
     n_blocks = -(-n_rows // block_rows)
     header_bytes = len(_MAGIC) + 8 + 8 * (n_blocks + 1) + 4 * n_blocks
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(target)
-    data_tmp = _temporary_name(target)
-    try:
-        with open(data_tmp, "wb") as handle:
-            if compressed:
-                codec = _blosc(compression)
-                handle.write(bytes(header_bytes))  # the block table, written last
-                sizes: list[int] = []
-                crcs: list[int] = []
-            written = 0
-            for block in rows:
-                block = np.ascontiguousarray(block, dtype=dtype)
-                if block.shape[1:] != shape[1:] or written + len(block) > n_rows:
-                    raise ValueError(
-                        f"{target!r}: a block of shape {block.shape} does not fit rows "
-                        f"{written}.. of an array of shape {shape}"
-                    )
-                if compressed:
-                    if len(block) % block_rows and written + len(block) != n_rows:
-                        raise ValueError(
-                            f"{target!r}: blocks before the last must hold a multiple of "
-                            f"block_rows={block_rows} rows, got {len(block)}"
-                        )
-                    for i in range(0, len(block), block_rows):
-                        encoded = codec.encode(block[i : i + block_rows])
-                        handle.write(encoded)
-                        sizes.append(len(encoded))
-                        crcs.append(zlib.crc32(encoded))
-                else:
-                    block.tofile(handle)
-                written += len(block)
-            if written != n_rows:
+    with _array_file(target) as (handle, done):
+        if compressed:
+            codec = _blosc(compression)
+            handle.write(bytes(header_bytes))  # the block table, written last
+            sizes: list[int] = []
+            crcs: list[int] = []
+        written = 0
+        for block in rows:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != shape[1:] or written + len(block) > n_rows:
                 raise ValueError(
-                    f"{target!r}: the blocks hold {written} rows, expected {n_rows} "
-                    f"(shape {shape})"
+                    f"{target!r}: a block of shape {block.shape} does not fit rows "
+                    f"{written}.. of an array of shape {shape}"
                 )
             if compressed:
-                offsets = header_bytes + np.concatenate(
-                    [[0], np.cumsum(sizes, dtype=np.uint64)]
-                ).astype("<u8")
-                handle.seek(0)
-                handle.write(_MAGIC + np.array([n_blocks], dtype="<u8").tobytes()
-                             + offsets.tobytes() + np.array(crcs, dtype="<u4").tobytes())
-                sidecar["compression"] = {
-                    "codec": "blosc",
-                    "cname": compression,
-                    "clevel": CLEVELS[compression],
-                    "shuffle": "bitshuffle",
-                    "block_rows": block_rows,
-                    "file_bytes": header_bytes + sum(sizes),
-                }
-            handle.flush()
-            os.fsync(handle.fileno())
+                if len(block) % block_rows and written + len(block) != n_rows:
+                    raise ValueError(
+                        f"{target!r}: blocks before the last must hold a multiple of "
+                        f"block_rows={block_rows} rows, got {len(block)}"
+                    )
+                for i in range(0, len(block), block_rows):
+                    encoded = codec.encode(block[i : i + block_rows])
+                    handle.write(encoded)
+                    sizes.append(len(encoded))
+                    crcs.append(zlib.crc32(encoded))
+            else:
+                block.tofile(handle)
+            written += len(block)
+        if written != n_rows:
+            raise ValueError(
+                f"{target!r}: the blocks hold {written} rows, expected {n_rows} "
+                f"(shape {shape})"
+            )
+        if compressed:
+            offsets = header_bytes + np.concatenate(
+                [[0], np.cumsum(sizes, dtype=np.uint64)]
+            ).astype("<u8")
+            handle.seek(0)
+            handle.write(_MAGIC + np.array([n_blocks], dtype="<u8").tobytes()
+                         + offsets.tobytes() + np.array(crcs, dtype="<u4").tobytes())
+            sidecar["compression"] = {
+                "codec": "blosc",
+                "cname": compression,
+                "clevel": CLEVELS[compression],
+                "shuffle": "bitshuffle",
+                "block_rows": block_rows,
+                "file_bytes": header_bytes + sum(sizes),
+            }
         sidecar.update(_plain(attrs))
-        text = yaml.safe_dump(sidecar, sort_keys=False, default_flow_style=None).encode()
-        atomic_write_bytes(sidecar_path(target), text)
-        os.replace(data_tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(data_tmp)
-        raise
-    _fsync_directory(os.path.dirname(os.path.abspath(target)))
+        done["sidecar"] = sidecar
 
 
 def _check_write_args(attrs, sampling_rate_hz, compression, block_rows) -> str:
