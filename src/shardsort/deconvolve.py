@@ -41,6 +41,7 @@ from scipy import fft as sp_fft
 from scipy.ndimage import maximum_filter1d
 
 from shardsort.compiled import best_units, subtract_spikes
+from shardsort.memory import transpose_into
 from shardsort.tables import SPIKE_DTYPE, empty
 
 #: Smallest FFT length of the blocks used to compute the initial objective
@@ -423,7 +424,7 @@ def _initial_objective(
     summed = np.zeros((n_units, n_fft // 2 + 1), dtype=np.complex64)
     for start in range(0, n_samples, block):
         stop = min(start + block, n_samples)
-        padded[:, : stop - start] = traces[start:stop].T
+        transpose_into(padded[:, : stop - start], traces[start:stop])
         padded[:, stop - start :] = 0.0
         # A real matrix acting on interleaved (re, im) columns = complex product.
         spectrum = sp_fft.rfft(padded, axis=1).view(np.float32)  # (C, 2 F)
@@ -435,7 +436,7 @@ def _initial_objective(
             summed[unit] = projected.sum(axis=0)
         length = stop - start + n_times - 1
         segment = sp_fft.irfft(summed, n_fft, axis=1)[:, :length]
-        objective[start : start + length] += segment.T
+        transpose_into(objective[start : start + length], segment, add=True)
     return objective
 
 

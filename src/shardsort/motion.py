@@ -63,6 +63,7 @@ if TYPE_CHECKING:  # imported where used: the per-chunk jobs import this module
 from .checks import check_int as _check_int
 from .checks import check_positive as _check_positive
 from .detect import detect_peaks, extract_snippets, localize_spikes
+from .memory import transpose_into
 
 #: Peaks are weighted by ``log(1 + |amplitude|)`` in steps of ``1 / WEIGHT_SCALE``.
 WEIGHT_SCALE = 256
@@ -987,11 +988,12 @@ def correct_motion(
     bounds = np.flatnonzero(np.diff(lower)) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n_samples]):
         b = int(lower[lo])
-        block = np.ascontiguousarray(data[lo:hi].T)
-        first = np.asarray(matrix(b) @ block).T
-        if n_bins == 1:
-            out[lo:hi] = first
-            continue
-        second = np.asarray(matrix(b + 1) @ block).T
-        out[lo:hi] = first + alpha[lo:hi, None] * (second - first)
+        # Channels x samples (tiled transposes: shardsort.memory).
+        block = np.empty((n_channels, hi - lo), dtype=np.float32)
+        transpose_into(block, data[lo:hi])
+        first = np.asarray(matrix(b) @ block)
+        if n_bins > 1:
+            second = np.asarray(matrix(b + 1) @ block)
+            first += alpha[None, lo:hi] * (second - first)
+        transpose_into(out[lo:hi], first)
     return out

@@ -35,3 +35,20 @@ def test_empty_tables():
     assert merged.dtype == PEAK_DTYPE and len(merged) == 0 and kept.shape == (0,)
     with pytest.raises(ValueError, match="at least one table"):
         merge_event_tables([], keys=("sample_index",))
+
+
+def test_tiled_transpose_equals_the_transposed_copy():
+    from shardsort.memory import transpose_into
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (63, 65), (130, 7), (200, 129)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        out = np.full(shape[::-1], np.nan, dtype=np.float32)
+        transpose_into(out, x)
+        np.testing.assert_array_equal(out, x.T)
+        base = rng.normal(size=shape[::-1]).astype(np.float32)
+        added = base.copy()
+        transpose_into(added, x, add=True)
+        np.testing.assert_array_equal(added, base + x.T)
+    with pytest.raises(ValueError, match=r"out must have the transposed shape of x \(3, 2\)"):
+        transpose_into(np.zeros((2, 3)), np.zeros((2, 3)))
