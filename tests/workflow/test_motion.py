@@ -127,7 +127,8 @@ def test_drift_estimate_does_not_depend_on_the_chunking(tmp_path, sorted_with_an
     run_snakemake(
         tmp_path, "--cores", "2", target,
         overrides={"recordings": str(drifting_recording), "motion": {"enabled": True},
-                   "shards": {"max_memory_mb": 411}},  # 4 chunks of 9 s
+                   # 4 chunks of 9 s (the budget alone would cut 3 of 12 s)
+                   "shards": {"min_parallel_jobs": 4, "min_job_channel_s": 100}},
     )
     # Chunk borders (9 s, 27 s) cut through time bins (2 s).
     logs = tmp_path / "results" / "drifting" / "logs" / "motion_peaks"
