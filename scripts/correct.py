@@ -75,19 +75,29 @@ def correct() -> None:
 
 
 def copy_unchanged() -> None:
-    """The motion job found no drift worth correcting: the chunk is used as it is,
-    as a hard link where the file system allows (no second copy on disk, no
-    time spent copying; chunk files are never modified in place, only
-    replaced), else a copy."""
+    """The motion job found no drift worth correcting: the chunk is used as it is.
+
+    A hard link where the file system allows and the chunks are temporary (no
+    second copy on disk, no time spent copying; chunk files are never modified
+    in place, only replaced), else a copy. Kept intermediates
+    (``keep_intermediates: true``) are copied: Snakemake touches this job's
+    output when it is older than the motion estimate, and a hard link shares
+    that time with the preprocessed chunk, which then looks updated to every
+    later run (motion_peaks and the whole sort after it ran again)."""
+    how = "copy" if snakemake.params.keep_intermediates else "hard link"
     for src, dst in ((snakemake.input.chunk, snakemake.output.data),
                      (f"{snakemake.input.chunk}.yaml", snakemake.output.sidecar)):
         with atomic_path(dst) as tmp:
-            try:
-                os.remove(tmp)  # atomic_path made it, empty
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-    log.info("chunk %d: %s; chunk copied unchanged", chunk["index"], motion["attrs"]["decision"])
+            if how == "hard link":
+                try:
+                    os.remove(tmp)  # atomic_path made it, empty
+                    os.link(src, tmp)
+                    continue
+                except OSError:  # no hard links here
+                    how = "copy"
+            shutil.copyfile(src, tmp)
+    log.info("chunk %d: %s; chunk handed on unchanged (%s)", chunk["index"],
+             motion["attrs"]["decision"], how)
 
 
 if bool(motion["attrs"].get("apply", True)):

@@ -167,16 +167,36 @@ def test_each_planted_unit_stays_in_one_sorted_unit(sorted_with_and_without, dri
 
 def test_skipped_correction_links_the_preprocessed_chunk(tmp_path, drifting_recording):
     # A displacement range below motion.min_displacement_um: the correct job
-    # hands the preprocessed chunk on unchanged, as a hard link (no second copy).
+    # hands the (temporary) preprocessed chunk on unchanged, as a hard link (no
+    # second copy).
     target = "results/drifting/motion/chunks/t00000.bin"
     run_snakemake(tmp_path, "--cores", "2", target,
                   overrides={"recordings": str(drifting_recording),
-                             "motion": {"enabled": True, "min_displacement_um": 1000.0},
-                             "keep_intermediates": True})
+                             "motion": {"enabled": True, "min_displacement_um": 1000.0}})
     base = tmp_path / "results" / "drifting"
     with h5py.File(base / "motion" / "motion.h5", "r") as f:
         assert not bool(f.attrs["apply"])
-    source, linked = base / "preprocess" / "chunks" / "t00000.bin", tmp_path / target
-    assert linked.read_bytes() == source.read_bytes()
-    assert linked.stat().st_ino == source.stat().st_ino
-    assert "copied unchanged" in (base / "logs" / "correct" / "t00000.log").read_text()
+    assert (tmp_path / target).stat().st_size > 0
+    assert "handed on unchanged (hard link)" in (
+        base / "logs" / "correct" / "t00000.log").read_text()
+
+
+def test_kept_intermediates_are_copied_and_a_rerun_has_nothing_to_do(
+    tmp_path, drifting_recording
+):
+    """With keep_intermediates, the unchanged chunk is a copy (its own file
+    time), so a finished sort is up to date for the next run: a hard link
+    shared the time Snakemake gives the correct job's output with the
+    preprocessed chunk, and every later run redid the sort from motion_peaks."""
+    overrides = {"recordings": str(drifting_recording), "keep_intermediates": True,
+                 "motion": {"enabled": True, "min_displacement_um": 1000.0}}
+    run_snakemake(tmp_path, "--cores", "2", overrides=overrides)
+    base = tmp_path / "results" / "drifting"
+    source = base / "preprocess" / "chunks" / "t00000.bin"
+    copied = base / "motion" / "chunks" / "t00000.bin"
+    assert copied.read_bytes() == source.read_bytes()
+    assert copied.stat().st_ino != source.stat().st_ino
+    assert "handed on unchanged (copy)" in (
+        base / "logs" / "correct" / "t00000.log").read_text()
+    dry = run_snakemake(tmp_path, "--cores", "2", "-n", overrides=overrides)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
