@@ -69,9 +69,6 @@ rule correct:
         recording=get_recording,
         chunk=get_chunk,
         motion=get_settings("motion", MOTION_CORRECT_KEYS),
-        # Kept intermediates are copied when the chunk is handed on unchanged
-        # (see scripts/correct.py).
-        keep_intermediates=config["keep_intermediates"],
         code=CODE_VERSION,
     resources:
         mem_mb=get_job_mem_mb,

@@ -84,7 +84,9 @@ def copy_unchanged() -> None:
     output when it is older than the motion estimate, and a hard link shares
     that time with the preprocessed chunk, which then looks updated to every
     later run (motion_peaks and the whole sort after it ran again)."""
-    how = "copy" if snakemake.params.keep_intermediates else "hard link"
+    # From the config, not a param: keep_intermediates changes no result, so
+    # switching it must not rerun the jobs.
+    how = "copy" if snakemake.config.get("keep_intermediates", False) else "hard link"
     for src, dst in ((snakemake.input.chunk, snakemake.output.data),
                      (f"{snakemake.input.chunk}.yaml", snakemake.output.sidecar)):
         with atomic_path(dst) as tmp:
