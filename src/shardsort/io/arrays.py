@@ -292,28 +292,15 @@ def write_array(
     if compression != "none":
         if data.ndim == 0:
             raise ValueError("a compressed array must be at least 1-D, got a 0-d array")
-        if not (isinstance(block_rows, (int, np.integer)) and block_rows >= 1):
-            raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
-        chunks = _encode_blocks(data, cname=compression, block_rows=int(block_rows))
-        sidecar["compression"] = {
-            "codec": "blosc",
-            "cname": compression,
-            "clevel": CLEVELS[compression],
-            "shuffle": "bitshuffle",
-            "block_rows": int(block_rows),
-            "file_bytes": sum(len(c) for c in chunks),
-        }
-        if mantissa_bits is not None:
-            sidecar["compression"]["mantissa_bits"] = int(mantissa_bits)
-    else:
-        chunks = [data]
+        # One block of rows: the same file as written block by block.
+        write_array_rows(
+            path, [data], shape=data.shape, dtype=data.dtype, sampling_rate_hz=sampling_rate_hz,
+            compression=compression, block_rows=block_rows, mantissa_bits=mantissa_bits, **attrs,
+        )
+        return
     sidecar.update(_plain(attrs))
     with _array_file(target) as (handle, done):
-        for chunk in chunks:
-            if isinstance(chunk, np.ndarray):
-                chunk.tofile(handle)
-            else:
-                handle.write(chunk)
+        data.tofile(handle)
         done["sidecar"] = sidecar
 
 
@@ -354,6 +341,7 @@ def write_array_rows(
     sampling_rate_hz: float | None = None,
     compression: str | None = None,
     block_rows: int = BLOCK_ROWS,
+    mantissa_bits: int | None = None,
     **attrs: Any,
 ) -> None:
     """Write an array given as consecutive blocks of rows: the file and
@@ -371,7 +359,10 @@ def write_array_rows(
     shape, dtype
         Of the whole array (at least 1-D).
     sampling_rate_hz, compression, block_rows, **attrs
-        As for :func:`write_array` (no ``mantissa_bits``).
+        As for :func:`write_array`.
+    mantissa_bits : int, optional
+        The rows were rounded to this many mantissa bits (recorded in the
+        sidecar's ``compression``; :func:`write_array` rounds them).
 
     Raises
     ------
@@ -444,6 +435,8 @@ def write_array_rows(
                 "block_rows": block_rows,
                 "file_bytes": header_bytes + sum(sizes),
             }
+            if mantissa_bits is not None:
+                sidecar["compression"]["mantissa_bits"] = int(mantissa_bits)
         sidecar.update(_plain(attrs))
         done["sidecar"] = sidecar
 
@@ -624,28 +617,6 @@ def _blosc(cname: str):
     # One job = one core: Blosc would otherwise start a thread per core.
     numcodecs.blosc.use_threads = False
     return Blosc(cname=cname, clevel=CLEVELS[cname], shuffle=Blosc.BITSHUFFLE)
-
-
-def _encode_blocks(data: np.ndarray, *, cname: str, block_rows: int) -> list[bytes]:
-    """Header and compressed row blocks of ``data`` (see the module notes)."""
-    codec = _blosc(cname)
-    n_rows = data.shape[0]
-    blocks = [
-        codec.encode(data[i : i + block_rows]) for i in range(0, n_rows, block_rows)
-    ]
-    n_blocks = len(blocks)
-    header_bytes = len(_MAGIC) + 8 + 8 * (n_blocks + 1) + 4 * n_blocks
-    offsets = header_bytes + np.concatenate(
-        [[0], np.cumsum([len(b) for b in blocks], dtype=np.uint64)]
-    ).astype("<u8")
-    crcs = np.array([zlib.crc32(b) for b in blocks], dtype="<u4")
-    header = (
-        _MAGIC
-        + np.array([n_blocks], dtype="<u8").tobytes()
-        + offsets.tobytes()
-        + crcs.tobytes()
-    )
-    return [header, *blocks]
 
 
 def read_rows(
